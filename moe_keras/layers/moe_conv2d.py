@@ -1,0 +1,358 @@
+"""`MoEConv2D`: a Mixture-of-Experts drop-in for `keras.layers.Conv2D`."""
+
+import keras
+from keras import activations
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+from keras.src.backend.config import standardize_data_format
+from keras.src.ops.operation_utils import compute_conv_output_shape
+from keras.src.utils.argument_validation import standardize_tuple
+
+from moe_keras import routing as routing_lib
+from moe_keras.layers.moe_layer import MoELayer
+from moe_keras.layers.moe_layer import _positive_int
+from moe_keras.layers.moe_layer import expert_initializer
+
+ROUTING_MODES = ("sample", "pixel")
+DISPATCH_MODES = ("auto", "dense", "sparse")
+
+
+@keras.saving.register_keras_serializable(package="moe_keras")
+class MoEConv2D(MoELayer):
+    """Mixture-of-Experts 2D convolution: each expert is a Conv2D kernel.
+
+    All experts share `kernel_size`, `strides`, `padding` and
+    `dilation_rate`, with the same semantics as `keras.layers.Conv2D`. The
+    experts are linear convolutions; their mixture plus the always-active
+    shared experts goes through `activation`, as in CondConv (Yang et al.
+    2019). Because convolution is linear in its kernel, mixing the outputs of
+    the selected experts equals one convolution with the mixed kernel, which
+    is what the sparse path computes.
+
+    Routing:
+      * `routing="sample"`: a whole image goes to its top-k experts, chosen by
+        a linear router on its globally average-pooled input features.
+      * `routing="pixel"`: every output position is routed on its own, by a
+        1x1-conv router applied to the mean of that position's receptive
+        field, so the routing grid matches the output grid for any
+        `padding`, `strides` and `dilation_rate`.
+
+    Dispatch:
+      * `"dense"`: all experts run as one convolution with `n * filters`
+        output channels, then the outputs are mixed. Works for both routings.
+      * `"sparse"` (sample routing only): the selected experts' kernels are
+        mixed per example and each example is convolved once (CondConv);
+        the convolution cost does not grow with `n`.
+      * `"auto"`: sparse for sample routing, dense for pixel routing.
+
+    Routing is always dropless. Balancing losses, router noise and
+    statistics work as in `MoEDense` (see `MoELayer`).
+
+    Args:
+        filters: output channels.
+        kernel_size: int or tuple of 2 ints.
+        num_experts: routed experts `n`.
+        top_k: experts per image (or pixel) `k`.
+        num_shared_experts: always-active expert kernels added to the output.
+        routing: `"sample"` or `"pixel"`.
+        strides: int or tuple of 2 ints.
+        padding: `"valid"` or `"same"`.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        dilation_rate: int or tuple of 2 ints.
+        activation: activation applied to the layer output.
+        use_bias: whether experts have biases.
+        dispatch: `"auto"`, `"dense"` or `"sparse"` (see above).
+        kernel_initializer, bias_initializer, kernel_regularizer,
+        bias_regularizer, kernel_constraint, bias_constraint: as in Conv2D,
+            per expert (variance-scaling initializers use one expert's fans).
+        **kwargs: routing and balancing arguments of `MoELayer` and base
+            `Layer` arguments.
+
+    Input shape:
+        4D tensor `(batch, rows, cols, channels)` (channels_last) or
+        `(batch, channels, rows, cols)` (channels_first).
+
+    Output shape:
+        4D tensor `(batch, new_rows, new_cols, filters)` (channels_last) or
+        `(batch, filters, new_rows, new_cols)`, as `Conv2D` computes them.
+
+    Example:
+
+    >>> layer = MoEConv2D(8, 3, num_experts=4, top_k=2, padding="same")
+    >>> layer(np.zeros((2, 28, 28, 1))).shape
+    (2, 28, 28, 8)
+    >>> MoEConv2D(8, 3, num_experts=4, routing="pixel")(np.zeros((2, 9, 9, 3))).shape
+    (2, 7, 7, 8)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        num_experts,
+        top_k=1,
+        num_shared_experts=0,
+        routing="sample",
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        dispatch="auto",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(num_experts=num_experts, top_k=top_k, **kwargs)
+        _positive_int(filters, "filters")
+        _positive_int(num_shared_experts, "num_shared_experts", allow_zero=True)
+        if routing not in ROUTING_MODES:
+            raise ValueError(
+                "Received an invalid value for `routing`, expected one of "
+                f"{ROUTING_MODES}. Received: routing={routing!r}"
+            )
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(
+                "Received an invalid value for `dispatch`, expected one of "
+                f"{DISPATCH_MODES}. Received: dispatch={dispatch!r}"
+            )
+        if routing == "pixel" and dispatch == "sparse":
+            raise ValueError(
+                "`dispatch='sparse'` mixes one kernel per image and needs "
+                "`routing='sample'`; per-pixel routing runs the dense path. "
+                f"Received: routing={routing!r}, dispatch={dispatch!r}"
+            )
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(
+                "Received an invalid value for `padding`, expected 'valid' or "
+                f"'same'. Received: padding={padding!r}"
+            )
+        self.filters = filters
+        self.kernel_size = standardize_tuple(kernel_size, 2, "kernel_size")
+        self.num_shared_experts = num_shared_experts
+        self.routing = routing
+        self.strides = standardize_tuple(strides, 2, "strides")
+        self.padding = padding
+        self.data_format = standardize_data_format(data_format)
+        self.dilation_rate = standardize_tuple(dilation_rate, 2, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "`strides > 1` is not compatible with `dilation_rate > 1`, as "
+                f"in Conv2D. Received: strides={self.strides}, "
+                f"dilation_rate={self.dilation_rate}"
+            )
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.dispatch = dispatch
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=4)
+
+    @property
+    def resolved_dispatch(self):
+        """`"dense"` or `"sparse"`, resolving `dispatch="auto"`."""
+        if self.dispatch != "auto":
+            return self.dispatch
+        return "sparse" if self.routing == "sample" else "dense"
+
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def build(self, input_shape):
+        channels = input_shape[self._channel_axis()]
+        if channels is None:
+            raise ValueError(
+                "The channel dimension of the inputs to `MoEConv2D` should be "
+                f"defined. Received: input_shape={input_shape}"
+            )
+        self.build_router(channels)
+        self.experts = self._add_experts("expert", self.num_experts, channels)
+        self.shared_experts = (
+            self._add_experts("shared", self.num_shared_experts, channels)
+            if self.num_shared_experts
+            else None
+        )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={self._channel_axis(): channels}
+        )
+
+    def _add_experts(self, prefix, count, channels):
+        weights = {
+            "kernel": self.add_weight(
+                name=f"{prefix}_kernel",
+                shape=(count, *self.kernel_size, channels, self.filters),
+                initializer=expert_initializer(self.kernel_initializer, count),
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+        }
+        if self.use_bias:
+            weights["bias"] = self.add_weight(
+                name=f"{prefix}_bias",
+                shape=(count, self.filters),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        return weights
+
+    def _conv(self, inputs, kernel):
+        return ops.conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format="channels_last",
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _router_features(self, inputs):
+        """Sample: `(B, C)` pooled features. Pixel: `(B, H', W', C)` means of
+        every output position's receptive field."""
+        inputs = ops.cast(inputs, "float32")
+        if self.routing == "sample":
+            return ops.mean(inputs, axis=(1, 2))
+        channels = inputs.shape[-1]
+        rows, cols = self.kernel_size
+        # A depthwise conv with a constant kernel is the receptive-field mean,
+        # on the exact grid of the expert convolutions.
+        averaging = ops.full((rows, cols, channels, 1), 1.0 / (rows * cols))
+        return ops.depthwise_conv(
+            inputs,
+            averaging,
+            strides=self.strides,
+            padding=self.padding,
+            data_format="channels_last",
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _route_inputs(self, inputs, training):
+        features = self._router_features(inputs)
+        tokens = ops.reshape(features, (-1, features.shape[-1]))
+        return features, self.route(tokens, training=training)
+
+    def call(self, inputs, training=False):
+        if self.data_format == "channels_first":
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
+        features, result = self._route_inputs(inputs, training)
+        combine = routing_lib.combine_weights(
+            result.expert_weights, result.expert_indices, self.num_experts
+        )
+        combine = ops.cast(combine, self.compute_dtype)
+        if self.resolved_dispatch == "sparse":
+            outputs = self._mixed_kernel_conv(inputs, combine)
+        else:
+            outputs = self._all_experts_conv(inputs, features, combine)
+        if self.shared_experts is not None:
+            kernel = ops.sum(self.shared_experts["kernel"], axis=0)
+            outputs = outputs + self._conv(inputs, kernel)
+            if self.use_bias:
+                outputs = outputs + ops.sum(self.shared_experts["bias"], axis=0)
+        outputs = self.activation(outputs)
+        if self.data_format == "channels_first":
+            outputs = ops.transpose(outputs, (0, 3, 1, 2))
+        return outputs
+
+    def _all_experts_conv(self, inputs, features, combine):
+        """All experts as one wide convolution, then mixed per sample/pixel."""
+        kernel = self.experts["kernel"]
+        rows, cols, channels = kernel.shape[1:4]
+        wide = ops.reshape(
+            ops.transpose(kernel, (1, 2, 3, 0, 4)),
+            (rows, cols, channels, self.num_experts * self.filters),
+        )
+        outputs = self._conv(inputs, wide)
+        grid = tuple(ops.shape(outputs)[:3])
+        outputs = ops.reshape(outputs, grid + (self.num_experts, self.filters))
+        if self.use_bias:
+            outputs = outputs + self.experts["bias"]
+        if self.routing == "sample":
+            return ops.einsum("bhwef,be->bhwf", outputs, combine)
+        combine = ops.reshape(combine, grid + (self.num_experts,))
+        return ops.einsum("bhwef,bhwe->bhwf", outputs, combine)
+
+    def _mixed_kernel_conv(self, inputs, combine):
+        """CondConv: one kernel per example, all examples in one grouped conv.
+
+        The batch is folded into the channel axis, `(1, H, W, B*C)`, and the
+        per-example kernels into `B` convolution groups.
+        """
+        kernel = ops.einsum("be,ehwcf->bhwcf", combine, self.experts["kernel"])
+        rows, cols, channels = kernel.shape[1:4]
+        folded = ops.transpose(inputs, (1, 2, 0, 3))
+        folded = ops.reshape(folded, (1,) + tuple(ops.shape(folded)[:2]) + (-1,))
+        grouped = ops.reshape(
+            ops.transpose(kernel, (1, 2, 3, 0, 4)), (rows, cols, channels, -1)
+        )
+        outputs = self._conv(folded, grouped)[0]  # (H', W', B*F)
+        outputs = ops.reshape(
+            outputs, tuple(ops.shape(outputs)[:2]) + (-1, self.filters)
+        )
+        outputs = ops.transpose(outputs, (2, 0, 1, 3))
+        if self.use_bias:
+            bias = ops.matmul(combine, self.experts["bias"])
+            outputs = outputs + bias[:, None, None, :]
+        return outputs
+
+    def expert_choices(self, inputs):
+        """Inference-time top-k expert indices: `(B, k)` for sample routing,
+        `(B, H', W', k)` for pixel routing."""
+        if self.data_format == "channels_first":
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
+        features, result = self._route_inputs(inputs, training=False)
+        return ops.reshape(
+            result.expert_indices, tuple(ops.shape(features)[:-1]) + (self.top_k,)
+        )
+
+    def compute_output_shape(self, input_shape):
+        return compute_conv_output_shape(
+            input_shape,
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "num_shared_experts": self.num_shared_experts,
+                "routing": self.routing,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "dispatch": self.dispatch,
+                "kernel_initializer": initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config

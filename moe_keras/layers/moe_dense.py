@@ -1,0 +1,300 @@
+"""`MoEDense`: a Mixture-of-Experts drop-in for `keras.layers.Dense`."""
+
+import keras
+from keras import activations
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from moe_keras import dispatch as dispatch_lib
+from moe_keras import routing
+from moe_keras.layers.moe_layer import MoELayer
+from moe_keras.layers.moe_layer import _positive_int
+from moe_keras.layers.moe_layer import expert_initializer
+
+DISPATCH_MODES = ("auto", "dense", "sparse")
+
+
+@keras.saving.register_keras_serializable(package="moe_keras")
+class MoEDense(MoELayer):
+    """Mixture-of-Experts dense layer: each token goes to its top-k of n experts.
+
+    A linear router scores the `n` routed experts for every token,
+    `p = softmax(x W_r)` (in float32 under every dtype policy); the token is
+    sent to its `top_k` best experts and the layer returns
+
+    `output = activation(sum_{e in topk(x)} g_e(x) E_e(x) + sum_s S_s(x))`
+
+    where `g_e` are the mixing weights (see `normalize_top_k`), `E_e` the
+    routed experts and `S_s` the always-active shared experts (DeepSeekMoE).
+    Each expert is a linear map `features -> units`, or with `expert_hidden`
+    a two-layer MLP `features -> expert_hidden -> units`.
+
+    During training the layer adds its balancing losses with `add_loss`
+    (the Switch loss at 0.01 by default), so `model.fit` optimises them with
+    no change to the training loop, and it counts the tokens each expert gets
+    (`routing_stats()`, `moe_keras.callbacks.ExpertUsage`).
+
+    Inputs of any rank are routed per row of the last axis: `(batch, features)`
+    routes each example, `(batch, seq, features)` each sequence position.
+
+    Args:
+        units: output dimension.
+        num_experts: number of routed experts `n`.
+        top_k: experts per token `k`.
+        expert_hidden: `None` for linear experts, or the hidden size of
+            two-layer MLP experts.
+        expert_activation: activation of the MLP experts' hidden layer.
+        num_shared_experts: always-active experts added to the mixture.
+        activation: activation applied to the layer output.
+        use_bias: whether experts have biases.
+        capacity_factor: `None` for dropless routing; a number caps every
+            expert at `ceil(capacity_factor * tokens * k / n)` token slots per
+            batch (first choices placed first). A dropped slot contributes
+            nothing: a token dropped by all its experts gets only the shared
+            experts' output.
+        dispatch: `"dense"` runs every expert on every token (one einsum,
+            fastest for small experts); `"sparse"` gathers each expert's
+            tokens into capacity-sized buffers (compute independent of `n`);
+            `"auto"` picks sparse when a capacity factor makes buffers at
+            most half the batch. Both give the same output.
+        kernel_initializer: initializer of expert kernels (variance-scaling
+            initializers are corrected to each expert's own fans).
+        bias_initializer: initializer of expert biases.
+        kernel_regularizer: regularizer of expert kernels.
+        bias_regularizer: regularizer of expert biases.
+        kernel_constraint: constraint on expert kernels.
+        bias_constraint: constraint on expert biases.
+        **kwargs: routing and balancing arguments of `MoELayer`
+            (`normalize_top_k`, `router_noise`, `noise_std`,
+            `switch_loss_weight`, `importance_loss_weight`,
+            `diversity_loss_weight`, `overflow_loss_weight`, `z_loss_weight`,
+            `bias_update_rate`, `router_initializer`, `router_regularizer`,
+            `seed`) and base `Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., features)`, N >= 2.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
+    Example:
+
+    >>> layer = MoEDense(16, num_experts=4, top_k=2, num_shared_experts=1)
+    >>> layer(np.zeros((8, 32))).shape
+    (8, 16)
+    >>> inputs = keras.Input((10, 32))
+    >>> MoEDense(16, num_experts=8, expert_hidden=64)(inputs).shape
+    (None, 10, 16)
+    """
+
+    def __init__(
+        self,
+        units,
+        num_experts,
+        top_k=1,
+        expert_hidden=None,
+        expert_activation="relu",
+        num_shared_experts=0,
+        activation=None,
+        use_bias=True,
+        capacity_factor=None,
+        dispatch="auto",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(num_experts=num_experts, top_k=top_k, **kwargs)
+        _positive_int(units, "units")
+        if expert_hidden is not None:
+            _positive_int(expert_hidden, "expert_hidden")
+        _positive_int(num_shared_experts, "num_shared_experts", allow_zero=True)
+        if capacity_factor is not None and (
+            not isinstance(capacity_factor, (int, float))
+            or isinstance(capacity_factor, bool)
+            or capacity_factor <= 0
+        ):
+            raise ValueError(
+                "Received an invalid value for `capacity_factor`, expected None "
+                "(dropless) or a positive number. "
+                f"Received: capacity_factor={capacity_factor!r}"
+            )
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(
+                "Received an invalid value for `dispatch`, expected one of "
+                f"{DISPATCH_MODES}. Received: dispatch={dispatch!r}"
+            )
+        self.units = units
+        self.expert_hidden = expert_hidden
+        self.expert_activation = activations.get(expert_activation)
+        self.num_shared_experts = num_shared_experts
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.capacity_factor = capacity_factor
+        self.dispatch = dispatch
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.supports_masking = True
+
+    @property
+    def resolved_dispatch(self):
+        """`"dense"` or `"sparse"`, resolving `dispatch="auto"`."""
+        if self.dispatch != "auto":
+            return self.dispatch
+        if (
+            self.capacity_factor is not None
+            and self.capacity_factor * self.top_k / self.num_experts <= 0.5
+        ):
+            return "sparse"
+        return "dense"
+
+    @property
+    def overflow_capacity_factor(self):
+        return 1.0 if self.capacity_factor is None else float(self.capacity_factor)
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(
+                "The last dimension of the inputs to `MoEDense` should be "
+                f"defined. Received: input_shape={input_shape}"
+            )
+        self.build_router(input_dim)
+        self.experts = self._add_experts("expert", self.num_experts, input_dim)
+        self.shared_experts = (
+            self._add_experts("shared", self.num_shared_experts, input_dim)
+            if self.num_shared_experts
+            else None
+        )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+
+    def _add_experts(self, prefix, count, input_dim):
+        """Creates the stacked weights of `count` experts, as a dict."""
+        sizes = [input_dim, self.units]
+        if self.expert_hidden is not None:
+            sizes = [input_dim, self.expert_hidden, self.units]
+        names = ["kernel"] if len(sizes) == 2 else ["hidden_kernel", "kernel"]
+        weights = {}
+        for name, fan_in, fan_out in zip(names, sizes[:-1], sizes[1:]):
+            weights[name] = self.add_weight(
+                name=f"{prefix}_{name}",
+                shape=(count, fan_in, fan_out),
+                initializer=expert_initializer(self.kernel_initializer, count),
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+            if self.use_bias:
+                bias_name = name.replace("kernel", "bias")
+                weights[bias_name] = self.add_weight(
+                    name=f"{prefix}_{bias_name}",
+                    shape=(count, fan_out),
+                    initializer=self.bias_initializer,
+                    regularizer=self.bias_regularizer,
+                    constraint=self.bias_constraint,
+                )
+        return weights
+
+    def _run_experts(self, weights, x):
+        """Runs stacked experts: `(T, d)` shared or `(e, T, d)` per-expert input.
+
+        Returns `(e, T, units)`.
+        """
+        equation = "td,edh->eth" if len(x.shape) == 2 else "etd,edh->eth"
+        if self.expert_hidden is not None:
+            x = ops.einsum(equation, x, weights["hidden_kernel"])
+            if self.use_bias:
+                x = x + weights["hidden_bias"][:, None, :]
+            x = self.expert_activation(x)
+            equation = "etd,edh->eth"
+        y = ops.einsum(equation, x, weights["kernel"])
+        if self.use_bias:
+            y = y + weights["bias"][:, None, :]
+        return y
+
+    def call(self, inputs, training=False):
+        tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
+        num_tokens = ops.shape(tokens)[0]
+        capacity = None
+        if self.capacity_factor is not None or self.resolved_dispatch == "sparse":
+            capacity = routing.expert_capacity(
+                num_tokens, self.num_experts, self.top_k, self.capacity_factor
+            )
+        result = self.route(tokens, training=training, capacity=capacity)
+        if self.resolved_dispatch == "dense":
+            combine = routing.combine_weights(
+                result.expert_weights,
+                result.expert_indices,
+                self.num_experts,
+                result.keep,
+            )
+            outputs = dispatch_lib.dense_combine(
+                self._run_experts(self.experts, tokens), combine
+            )
+        else:
+            token_table, weight_table = dispatch_lib.sparse_dispatch_plan(
+                result.expert_indices,
+                result.expert_weights,
+                result.positions,
+                result.keep,
+                self.num_experts,
+                capacity,
+            )
+            buffers = dispatch_lib.gather_tokens(tokens, token_table)
+            outputs = dispatch_lib.scatter_combine(
+                self._run_experts(self.experts, buffers),
+                token_table,
+                weight_table,
+                num_tokens,
+            )
+        if self.shared_experts is not None:
+            shared = self._run_experts(self.shared_experts, tokens)
+            outputs = outputs + ops.sum(shared, axis=0)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        output_shape = tuple(ops.shape(inputs)[:-1]) + (self.units,)
+        return ops.reshape(outputs, output_shape)
+
+    def expert_choices(self, inputs):
+        """Inference-time top-k expert indices, shape `inputs.shape[:-1] + (k,)`."""
+        tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
+        indices = self.route(tokens, training=False).expert_indices
+        return ops.reshape(indices, tuple(ops.shape(inputs)[:-1]) + (self.top_k,))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "expert_hidden": self.expert_hidden,
+                "expert_activation": activations.serialize(self.expert_activation),
+                "num_shared_experts": self.num_shared_experts,
+                "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "capacity_factor": self.capacity_factor,
+                "dispatch": self.dispatch,
+                "kernel_initializer": initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config

@@ -1,0 +1,384 @@
+"""`MoELayer`: the router, balancing losses and routing statistics shared by
+every Mixture-of-Experts layer of the package.
+
+A subclass computes router features for its tokens (`(T, d)`), calls
+`self.route(features, training)` and mixes its experts with what comes back.
+Everything about *which* expert a token goes to lives here, once.
+"""
+
+from typing import NamedTuple
+
+import keras
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from moe_keras import losses
+from moe_keras import routing
+
+ROUTER_NOISE_TYPES = (None, "gaussian", "learned")
+
+
+class Routing(NamedTuple):
+    """What the router decided for one batch of `T` tokens.
+
+    Attributes:
+        logits: `(T, n)` float32 clean router logits.
+        probabilities: `(T, n)` float32 softmax (of the noisy logits in
+            training when router noise is on).
+        expert_indices: `(T, k)` int32 selected experts, best first.
+        expert_weights: `(T, k)` float32 mixing weights.
+        positions: `(T, k)` int32 slot in the expert buffer, or `None` when
+            routing is dropless.
+        keep: `(T, k)` float32, 0 for slots dropped for lack of capacity.
+    """
+
+    logits: object
+    probabilities: object
+    expert_indices: object
+    expert_weights: object
+    positions: object
+    keep: object
+
+
+def _positive_int(value, name, allow_zero=False):
+    smallest = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a {kind} "
+            f"integer. Received: {name}={value!r}"
+        )
+
+
+def _non_negative_float(value, name):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a non-negative "
+            f"number. Received: {name}={value!r}"
+        )
+
+
+def expert_initializer(initializer, num_experts):
+    """Makes a variance-scaling initializer see one expert's fans.
+
+    Keras computes fans of a `(n, ..., in, out)` kernel as if the leading
+    expert axis were part of the receptive field, which shrinks the variance
+    of `glorot_uniform`, `he_normal`, ... by a factor `n`. Scaling `scale` by
+    `n` restores the per-expert variance exactly; other initializers do not
+    depend on fans and are returned as they are.
+    """
+    initializer = initializers.get(initializer)
+    if isinstance(initializer, initializers.VarianceScaling):
+        return initializers.VarianceScaling(
+            scale=initializer.scale * num_experts,
+            mode=initializer.mode,
+            distribution=initializer.distribution,
+            seed=initializer.seed,
+        )
+    return initializer
+
+
+class MoELayer(keras.layers.Layer):
+    """Base class of the MoE layers: routing, balancing losses, statistics.
+
+    Args:
+        num_experts: number of routed experts `n`.
+        top_k: experts per token `k`, `1 <= k <= n`.
+        normalize_top_k: divide the k mixing weights by their sum. `None`
+            (default) means `False` for `k=1` (Switch Transformer: the weight
+            is the softmax probability, so the task loss trains the router)
+            and `True` for `k>1` (Mixtral).
+        router_noise: `None`, `"gaussian"` (logits + N(0, `noise_std`)) or
+            `"learned"` (Shazeer et al. 2017 noisy top-k: logits +
+            N(0, 1) * softplus(x W_noise) * `noise_std`). Training only.
+        noise_std: scale of the router noise.
+        switch_loss_weight: coefficient of the Switch load-balancing loss.
+        importance_loss_weight: coefficient of the importance CV^2 loss.
+        diversity_loss_weight: coefficient of the routing-entropy loss.
+        overflow_loss_weight: coefficient of the over-capacity loss.
+        z_loss_weight: coefficient of the router z-loss.
+        bias_update_rate: DeepSeek-V3 loss-free balancing rate; 0 disables it.
+        router_initializer: initializer of the router kernel.
+        router_regularizer: regularizer of the router kernel.
+        seed: seed of the router noise.
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        top_k=1,
+        normalize_top_k=None,
+        router_noise=None,
+        noise_std=1.0,
+        switch_loss_weight=0.01,
+        importance_loss_weight=0.0,
+        diversity_loss_weight=0.0,
+        overflow_loss_weight=0.0,
+        z_loss_weight=0.0,
+        bias_update_rate=0.0,
+        router_initializer="glorot_uniform",
+        router_regularizer=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _positive_int(num_experts, "num_experts")
+        _positive_int(top_k, "top_k")
+        if top_k > num_experts:
+            raise ValueError(
+                "Received an invalid value for `top_k`, expected at most "
+                f"`num_experts`={num_experts}. Received: top_k={top_k}"
+            )
+        if normalize_top_k not in (None, True, False):
+            raise ValueError(
+                "Received an invalid value for `normalize_top_k`, expected "
+                f"None, True or False. Received: normalize_top_k={normalize_top_k!r}"
+            )
+        if router_noise not in ROUTER_NOISE_TYPES:
+            raise ValueError(
+                "Received an invalid value for `router_noise`, expected one of "
+                f"{ROUTER_NOISE_TYPES}. Received: router_noise={router_noise!r}"
+            )
+        for name, value in (
+            ("noise_std", noise_std),
+            ("switch_loss_weight", switch_loss_weight),
+            ("importance_loss_weight", importance_loss_weight),
+            ("diversity_loss_weight", diversity_loss_weight),
+            ("overflow_loss_weight", overflow_loss_weight),
+            ("z_loss_weight", z_loss_weight),
+            ("bias_update_rate", bias_update_rate),
+        ):
+            _non_negative_float(value, name)
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.normalize_top_k = normalize_top_k
+        self.router_noise = router_noise
+        self.noise_std = noise_std
+        self.switch_loss_weight = switch_loss_weight
+        self.importance_loss_weight = importance_loss_weight
+        self.diversity_loss_weight = diversity_loss_weight
+        self.overflow_loss_weight = overflow_loss_weight
+        self.z_loss_weight = z_loss_weight
+        self.bias_update_rate = bias_update_rate
+        self.router_initializer = initializers.get(router_initializer)
+        self.router_regularizer = regularizers.get(router_regularizer)
+        self.seed = seed
+        # Only layers that draw noise own a generator: unseeded random ops
+        # fail under JAX tracing, and a seeded generator is jit-safe.
+        if router_noise is not None:
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+    @property
+    def normalizes_top_k(self):
+        """The resolved `normalize_top_k` (see the class docstring)."""
+        if self.normalize_top_k is None:
+            return self.top_k > 1
+        return self.normalize_top_k
+
+    # Weights ---------------------------------------------------------------
+
+    def build_router(self, feature_dim):
+        """Creates the router weights and the routing-state variables.
+
+        Router weights are float32 and not autocast: the routing decision is
+        made in float32 under every dtype policy.
+        """
+        self.router_kernel = self.add_weight(
+            name="router_kernel",
+            shape=(feature_dim, self.num_experts),
+            initializer=self.router_initializer,
+            regularizer=self.router_regularizer,
+            dtype="float32",
+            autocast=False,
+        )
+        if self.router_noise == "learned":
+            self.noise_kernel = self.add_weight(
+                name="noise_kernel",
+                shape=(feature_dim, self.num_experts),
+                initializer="zeros",
+                dtype="float32",
+                autocast=False,
+            )
+        if self.bias_update_rate > 0:
+            self.selection_bias = self.add_weight(
+                name="selection_bias",
+                shape=(self.num_experts,),
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+                autocast=False,
+            )
+        # Counts since the last `reset_routing_stats()`; the statistics are
+        # derived from them on the host (`routing_stats()`).
+        self.expert_counts = self.add_weight(
+            name="expert_counts",
+            shape=(self.num_experts,),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+        )
+        self.dropped_slots = self.add_weight(
+            name="dropped_slots",
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+        )
+
+    # Routing ---------------------------------------------------------------
+
+    def router_logits(self, features):
+        """Clean `(T, n)` float32 logits of `(T, d)` router features."""
+        return ops.matmul(ops.cast(features, "float32"), self.router_kernel)
+
+    def route(self, features, training=False, capacity=None):
+        """Routes `(T, d)` tokens; in training adds losses and updates state.
+
+        Args:
+            features: `(T, d)` router features.
+            training: whether this is a training step.
+            capacity: expert capacity in token slots, or `None` (dropless).
+
+        Returns:
+            A `Routing`.
+        """
+        features = ops.cast(features, "float32")
+        logits = self.router_logits(features)
+        noisy_logits = logits
+        if training and self.router_noise is not None:
+            noise = keras.random.normal(
+                ops.shape(logits), seed=self.seed_generator, dtype="float32"
+            )
+            if self.router_noise == "learned":
+                noise = noise * ops.softplus(
+                    ops.matmul(features, self.noise_kernel)
+                )
+            noisy_logits = logits + self.noise_std * noise
+        probabilities = routing.router_probabilities(noisy_logits)
+        bias = self.selection_bias if self.bias_update_rate > 0 else None
+        weights, indices = routing.top_k_routing(
+            probabilities, self.top_k, bias, self.normalizes_top_k
+        )
+        if capacity is None:
+            positions = None
+            keep = ops.ones_like(weights)
+        else:
+            positions, keep = routing.assign_capacity(
+                indices, self.num_experts, capacity
+            )
+        result = Routing(logits, probabilities, indices, weights, positions, keep)
+        if training:
+            self._add_balancing_losses(result)
+            self._update_routing_state(result)
+        return result
+
+    def _add_balancing_losses(self, result):
+        mask = routing.expert_mask(result.expert_indices, self.num_experts)
+        probabilities = result.probabilities
+        if self.switch_loss_weight > 0:
+            self.add_loss(
+                self.switch_loss_weight
+                * losses.switch_load_balancing_loss(probabilities, mask, self.top_k)
+            )
+        if self.importance_loss_weight > 0:
+            self.add_loss(
+                self.importance_loss_weight * losses.importance_loss(probabilities)
+            )
+        if self.diversity_loss_weight > 0:
+            self.add_loss(
+                self.diversity_loss_weight * losses.diversity_loss(probabilities)
+            )
+        if self.overflow_loss_weight > 0:
+            self.add_loss(
+                self.overflow_loss_weight
+                * losses.overflow_loss(
+                    probabilities, mask, self.top_k, self.overflow_capacity_factor
+                )
+            )
+        if self.z_loss_weight > 0:
+            self.add_loss(self.z_loss_weight * losses.router_z_loss(result.logits))
+
+    @property
+    def overflow_capacity_factor(self):
+        """Capacity the overflow loss measures against (1.0 when dropless)."""
+        return 1.0
+
+    def _update_routing_state(self, result):
+        counts = routing.expert_token_counts(result.expert_indices, self.num_experts)
+        self.expert_counts.assign_add(counts)
+        self.dropped_slots.assign_add(ops.sum(1.0 - result.keep))
+        if self.bias_update_rate > 0:
+            self.selection_bias.assign(
+                losses.loss_free_bias_update(
+                    self.selection_bias, counts, self.bias_update_rate
+                )
+            )
+
+    def count_params_per_token(self):
+        """Parameters one token uses: router, its k routed experts, all shared.
+
+        A token is an example for `MoEDense` on 2D inputs and for
+        sample-routed `MoEConv2D`, a position or pixel otherwise. Subclasses
+        keep their expert weights in the dicts `experts` and `shared_experts`.
+        """
+        if not self.built:
+            raise ValueError("`count_params_per_token` needs a built layer.")
+        per_expert = sum(
+            int(ops.size(w)) // self.num_experts for w in self.experts.values()
+        )
+        shared = 0
+        if self.shared_experts is not None:
+            shared = sum(int(ops.size(w)) for w in self.shared_experts.values())
+        return int(ops.size(self.router_kernel)) + self.top_k * per_expert + shared
+
+    # Statistics ------------------------------------------------------------
+
+    def reset_routing_stats(self):
+        """Zeroes the counts that `routing_stats()` summarises."""
+        self.expert_counts.assign(ops.zeros_like(self.expert_counts))
+        self.dropped_slots.assign(ops.zeros_like(self.dropped_slots))
+
+    def routing_stats(self):
+        """Routing statistics of the training batches since the last reset.
+
+        Returns:
+            A dict with `load` (list, fraction of token-slots per expert),
+            `entropy` (nats, of the load; `log(n)` is perfect balance),
+            `max_load_ratio` (max load over the ideal `1/n`), `dead_experts`
+            (experts that received no token), `dropped_fraction` (slots
+            dropped for capacity) and `tokens` (slots counted).
+        """
+        from moe_keras.usage import summarize_counts
+
+        counts = keras.ops.convert_to_numpy(self.expert_counts)
+        dropped = float(keras.ops.convert_to_numpy(self.dropped_slots))
+        return summarize_counts(counts, dropped)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "top_k": self.top_k,
+                "normalize_top_k": self.normalize_top_k,
+                "router_noise": self.router_noise,
+                "noise_std": self.noise_std,
+                "switch_loss_weight": self.switch_loss_weight,
+                "importance_loss_weight": self.importance_loss_weight,
+                "diversity_loss_weight": self.diversity_loss_weight,
+                "overflow_loss_weight": self.overflow_loss_weight,
+                "z_loss_weight": self.z_loss_weight,
+                "bias_update_rate": self.bias_update_rate,
+                "router_initializer": initializers.serialize(
+                    self.router_initializer
+                ),
+                "router_regularizer": regularizers.serialize(
+                    self.router_regularizer
+                ),
+                "seed": self.seed,
+            }
+        )
+        return config

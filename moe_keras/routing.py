@@ -1,0 +1,141 @@
+"""Top-k routing as small pure functions of the router outputs.
+
+Every function here takes and returns tensors (`keras.ops` only), has no
+state and no randomness, so each can be tested alone against NumPy and used
+under `jit` on every backend.
+
+Notation used throughout the package: `T` tokens (rows routed independently:
+batch items, sequence positions or pixels), `n` routed experts, `k` experts
+per token.
+"""
+
+import math
+
+from keras import ops
+
+
+def router_probabilities(logits):
+    """Softmax over the experts, always computed in float32.
+
+    Under a `mixed_float16` policy the logits of a few hundred experts can
+    saturate float16, and the balancing losses square or multiply these
+    probabilities, so routing math never leaves float32.
+
+    Args:
+        logits: `(T, n)` router logits.
+
+    Returns:
+        `(T, n)` float32 probabilities.
+    """
+    return ops.softmax(ops.cast(logits, "float32"), axis=-1)
+
+
+def top_k_routing(probabilities, top_k, selection_bias=None, normalize=True):
+    """Selects the top-k experts of every token and their mixing weights.
+
+    The selection may be shifted by a per-expert `selection_bias` (DeepSeek-V3
+    loss-free balancing): the bias changes *which* experts are chosen but never
+    the weights they are mixed with, which always come from the unbiased
+    probabilities.
+
+    Args:
+        probabilities: `(T, n)` router probabilities.
+        top_k: number of experts per token.
+        selection_bias: optional `(n,)` bias added to the scores used for
+            selection only.
+        normalize: if `True`, the k weights of a token are divided by their
+            sum (Mixtral, DeepSeek). If `False` they keep their softmax value
+            (Switch Transformer); for `top_k=1` this is the only way the
+            task loss can reach the router, since a renormalised single
+            weight is the constant 1.
+
+    Returns:
+        `(weights, indices)`: `(T, k)` float32 weights and `(T, k)` int32
+        expert indices, best expert first.
+    """
+    scores = probabilities
+    if selection_bias is not None:
+        scores = scores + ops.cast(selection_bias, scores.dtype)
+    _, indices = ops.top_k(scores, k=top_k, sorted=True)
+    indices = ops.cast(indices, "int32")
+    weights = ops.take_along_axis(probabilities, indices, axis=-1)
+    if normalize:
+        weights = weights / (ops.sum(weights, axis=-1, keepdims=True) + 1e-9)
+    return weights, indices
+
+
+def expert_mask(expert_indices, num_experts):
+    """`(T, n)` 0/1 float32 mask of the experts each token selected."""
+    return ops.sum(ops.one_hot(expert_indices, num_experts), axis=-2)
+
+
+def expert_capacity(num_tokens, num_experts, top_k, capacity_factor):
+    """Slots per expert: `ceil(capacity_factor * tokens * k / n)`, at most `tokens`.
+
+    Works on a Python int (static shapes: the usual case, and always under
+    JAX) and on a scalar tensor (TensorFlow traces with an unknown batch).
+
+    Args:
+        num_tokens: tokens in the batch.
+        num_experts: routed experts `n`.
+        top_k: experts per token `k`.
+        capacity_factor: a positive float, or `None` for dropless routing, in
+            which case every expert can take every token.
+
+    Returns:
+        The capacity, an int or an int32 scalar tensor.
+    """
+    if capacity_factor is None:
+        return num_tokens
+    if isinstance(num_tokens, int):
+        capacity = math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+        return max(1, min(capacity, num_tokens))
+    tokens = ops.cast(num_tokens, "float32")
+    capacity = ops.ceil(capacity_factor * tokens * top_k / num_experts)
+    capacity = ops.clip(capacity, 1.0, tokens)
+    return ops.cast(capacity, "int32")
+
+
+def assign_capacity(expert_indices, num_experts, capacity):
+    """Gives every (token, slot) its position in its expert's buffer.
+
+    Priority follows GShard: all first choices are placed before any second
+    choice, and within a choice rank earlier tokens come first. A slot whose
+    position is at or past `capacity` is dropped.
+
+    Args:
+        expert_indices: `(T, k)` int expert indices.
+        num_experts: routed experts `n`.
+        capacity: slots per expert (int or scalar tensor).
+
+    Returns:
+        `(positions, keep)`: `(T, k)` int32 positions (0-based) and `(T, k)`
+        float32 mask, 1 where the slot fits in its expert's capacity.
+    """
+    one_hot = ops.one_hot(expert_indices, num_experts)  # (T, k, n)
+    rank_major = ops.transpose(one_hot, (1, 0, 2))  # (k, T, n)
+    flat = ops.reshape(rank_major, (-1, num_experts))
+    # Running count per expert in priority order; minus one makes it 0-based.
+    running = ops.cumsum(flat, axis=0) - 1.0
+    running = ops.reshape(running, ops.shape(rank_major))
+    running = ops.transpose(running, (1, 0, 2))  # (T, k, n)
+    positions = ops.sum(running * one_hot, axis=-1)
+    keep = ops.cast(positions < ops.cast(capacity, positions.dtype), "float32")
+    return ops.cast(positions, "int32"), keep
+
+
+def combine_weights(expert_weights, expert_indices, num_experts, keep=None):
+    """Scatters the `(T, k)` weights into a dense `(T, n)` mixing matrix.
+
+    Dropped slots (`keep == 0`) get weight zero, so a dropped token receives
+    nothing from that expert.
+    """
+    if keep is not None:
+        expert_weights = expert_weights * keep
+    one_hot = ops.one_hot(expert_indices, num_experts)
+    return ops.sum(one_hot * expert_weights[..., None], axis=-2)
+
+
+def expert_token_counts(expert_indices, num_experts):
+    """`(n,)` float32 count of token-slots that selected each expert."""
+    return ops.sum(expert_mask(expert_indices, num_experts), axis=0)
