@@ -8,7 +8,7 @@ Two strategies compute the same mixture:
   is the fastest.
 * sparse: each expert gets a buffer of `capacity` token slots; tokens are
   gathered into an `(n, capacity, d)` tensor, all experts run as one batched
-  einsum, and the weighted outputs are summed back per token. With a capacity
+  einsum, and every token gathers back and mixes its k outputs. With a capacity
   factor the expert compute is `capacity_factor * T * k` token-expert pairs,
   independent of `n`.
 
@@ -19,14 +19,11 @@ run under `jit_compile=True` on TensorFlow and JAX.
 from keras import ops
 
 
-def sparse_dispatch_plan(
-    expert_indices, expert_weights, positions, keep, num_experts, capacity
-):
+def sparse_dispatch_plan(expert_indices, positions, keep, num_experts, capacity):
     """Builds the slot tables for the sparse path.
 
     Args:
         expert_indices: `(T, k)` int32 selected experts.
-        expert_weights: `(T, k)` mixing weights.
         positions: `(T, k)` int32 positions in the expert buffers (see
             `routing.assign_capacity`).
         keep: `(T, k)` 0/1, 0 for slots dropped for lack of capacity.
@@ -34,55 +31,68 @@ def sparse_dispatch_plan(
         capacity: slots per expert.
 
     Returns:
-        `(token_table, weight_table)`, both `(n, capacity)`: the token held in
-        each slot (the out-of-range index `T` for an empty slot, which gathers
-        a zero row) and the weight its expert output is mixed with (0 for an
-        empty slot).
+        `(token_table, slot_ids)`: the `(n, capacity)` token held in each
+        expert slot (the out-of-range index `T` for an empty slot, which
+        gathers a zero row), and the `(T, k)` flat slot of every token choice
+        (`n * capacity`, past the end, for a dropped choice).
     """
     num_tokens = ops.shape(expert_indices)[0]
-    top_k = expert_indices.shape[-1]
     num_slots = num_experts * capacity
     kept = keep > 0
-    # Dropped slots all go to one extra bucket past the end, sliced off below.
+    # Dropped choices all point one past the last slot.
     slot_ids = ops.where(kept, expert_indices * capacity + positions, num_slots)
-    slot_ids = ops.reshape(slot_ids, (-1,))
-    token_ids = ops.repeat(ops.arange(num_tokens, dtype="int32"), top_k)
+    # Token ids from a cumsum rather than `arange(num_tokens)`: the ids then
+    # share the tokens' own (possibly dynamic) batch size under XLA.
+    token_ids = ops.cumsum(ops.ones_like(expert_indices), axis=0) - 1
     # Each kept slot holds exactly one token, so a segment sum of (id + 1)
-    # recovers the id, and 0 marks an empty slot.
-    marked = ops.reshape(ops.cast(kept, "int32"), (-1,)) * (token_ids + 1)
-    table = ops.segment_sum(marked, slot_ids, num_segments=num_slots + 1)
+    # recovers the id, and 0 marks an empty slot. No gradient flows here.
+    marked = ops.reshape(ops.cast(kept, "int32") * (token_ids + 1), (-1,))
+    table = ops.segment_sum(
+        marked, ops.reshape(slot_ids, (-1,)), num_segments=num_slots + 1
+    )
     table = table[:num_slots] - 1
     table = ops.where(table < 0, num_tokens, table)
-    weights = ops.reshape(expert_weights * keep, (-1,))
-    weight_table = ops.segment_sum(weights, slot_ids, num_segments=num_slots + 1)
-    weight_table = weight_table[:num_slots]
-    return (
-        ops.reshape(table, (num_experts, capacity)),
-        ops.reshape(weight_table, (num_experts, capacity)),
-    )
+    return ops.reshape(table, (num_experts, capacity)), slot_ids
 
 
 def gather_tokens(tokens, token_table):
-    """`(T, d)` tokens -> `(n, capacity, d)` expert buffers (zeros when empty)."""
-    padded = ops.concatenate([tokens, ops.zeros_like(tokens[:1])], axis=0)
-    return ops.take(padded, token_table, axis=0)
+    """`(T, d)` tokens -> `(n, capacity, d)` expert buffers (zeros when empty).
+
+    Empty slots are zeroed by a mask rather than by gathering from an
+    appended zero row: the gradient of a concatenation with gathered
+    (sparse) gradients aborts XLA when the batch size is not static.
+    """
+    num_tokens = ops.shape(tokens)[0]
+    occupied = ops.cast(token_table < num_tokens, tokens.dtype)
+    gathered = ops.take(tokens, ops.minimum(token_table, num_tokens - 1), axis=0)
+    return gathered * occupied[..., None]
 
 
-def scatter_combine(expert_outputs, token_table, weight_table, num_tokens):
-    """Weights the `(n, capacity, u)` outputs and sums them back per token.
+def combine_slots(expert_outputs, slot_ids, expert_weights, keep):
+    """Gathers every token's k expert outputs back and mixes them.
+
+    A gather per token choice rather than a scatter per slot: its gradient is
+    a plain segment sum, which XLA compiles for any batch size, where the
+    gradient of a segment sum is not (TensorFlow `jit_compile=True` aborts).
+
+    Args:
+        expert_outputs: `(n, capacity, u)`.
+        slot_ids: `(T, k)` from `sparse_dispatch_plan`.
+        expert_weights: `(T, k)` mixing weights.
+        keep: `(T, k)` 0/1 kept mask.
 
     Returns:
-        `(T, u)` mixture; a token whose every slot was dropped gets zeros.
+        `(T, u)` mixture; a token whose every choice was dropped gets zeros.
     """
     units = expert_outputs.shape[-1]
-    weighted = expert_outputs * ops.cast(weight_table, expert_outputs.dtype)[
-        ..., None
-    ]
-    flat = ops.reshape(weighted, (-1, units))
-    summed = ops.segment_sum(
-        flat, ops.reshape(token_table, (-1,)), num_segments=num_tokens + 1
-    )
-    return summed[:num_tokens]
+    flat = ops.reshape(expert_outputs, (-1, units))
+    # Dropped choices (slot id past the end) read slot 0 and get weight 0.
+    slot_ids = ops.where(keep > 0, slot_ids, 0)
+    top_k = slot_ids.shape[-1]
+    chosen = ops.take(flat, ops.reshape(slot_ids, (-1,)), axis=0)
+    chosen = ops.reshape(chosen, (-1, top_k, units))
+    weights = ops.cast(expert_weights * keep, chosen.dtype)
+    return ops.einsum("tku,tk->tu", chosen, weights)
 
 
 def dense_combine(expert_outputs, combine):

@@ -14,6 +14,7 @@ from moe_keras import routing as routing_lib
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
 from moe_keras.layers.moe_layer import expert_initializer
+from moe_keras.layers.moe_layer import reshape_like
 
 ROUTING_MODES = ("sample", "pixel")
 DISPATCH_MODES = ("auto", "dense", "sparse")
@@ -275,14 +276,21 @@ class MoEConv2D(MoELayer):
             (rows, cols, channels, self.num_experts * self.filters),
         )
         outputs = self._conv(inputs, wide)
-        grid = tuple(ops.shape(outputs)[:3])
-        outputs = ops.reshape(outputs, grid + (self.num_experts, self.filters))
+        outputs = reshape_like(outputs, outputs, (self.num_experts, self.filters))
         if self.use_bias:
             outputs = outputs + self.experts["bias"]
         if self.routing == "sample":
             return ops.einsum("bhwef,be->bhwf", outputs, combine)
-        combine = ops.reshape(combine, grid + (self.num_experts,))
+        combine = reshape_like(combine, outputs[..., 0, :], (self.num_experts,))
         return ops.einsum("bhwef,bhwe->bhwf", outputs, combine)
+
+    @staticmethod
+    def _spatial(x, start):
+        """Rows and columns of `x` from axis `start`, static when known."""
+        sizes = tuple(x.shape[start : start + 2])
+        if any(size is None for size in sizes):
+            sizes = tuple(ops.shape(x)[start : start + 2])
+        return sizes
 
     def _mixed_kernel_conv(self, inputs, combine):
         """CondConv: one kernel per example, all examples in one grouped conv.
@@ -293,13 +301,13 @@ class MoEConv2D(MoELayer):
         kernel = ops.einsum("be,ehwcf->bhwcf", combine, self.experts["kernel"])
         rows, cols, channels = kernel.shape[1:4]
         folded = ops.transpose(inputs, (1, 2, 0, 3))
-        folded = ops.reshape(folded, (1,) + tuple(ops.shape(folded)[:2]) + (-1,))
+        folded = ops.reshape(folded, (1,) + self._spatial(folded, 0) + (-1,))
         grouped = ops.reshape(
             ops.transpose(kernel, (1, 2, 3, 0, 4)), (rows, cols, channels, -1)
         )
         outputs = self._conv(folded, grouped)[0]  # (H', W', B*F)
         outputs = ops.reshape(
-            outputs, tuple(ops.shape(outputs)[:2]) + (-1, self.filters)
+            outputs, self._spatial(outputs, 0) + (-1, self.filters)
         )
         outputs = ops.transpose(outputs, (2, 0, 1, 3))
         if self.use_bias:
@@ -313,9 +321,7 @@ class MoEConv2D(MoELayer):
         if self.data_format == "channels_first":
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         features, result = self._route_inputs(inputs, training=False)
-        return ops.reshape(
-            result.expert_indices, tuple(ops.shape(features)[:-1]) + (self.top_k,)
-        )
+        return reshape_like(result.expert_indices, features, (self.top_k,))
 
     def compute_output_shape(self, input_shape):
         return compute_conv_output_shape(

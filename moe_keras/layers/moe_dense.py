@@ -12,6 +12,7 @@ from moe_keras import routing
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
 from moe_keras.layers.moe_layer import expert_initializer
+from moe_keras.layers.moe_layer import reshape_like
 
 DISPATCH_MODES = ("auto", "dense", "sparse")
 
@@ -223,11 +224,13 @@ class MoEDense(MoELayer):
 
     def call(self, inputs, training=False):
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
-        num_tokens = ops.shape(tokens)[0]
         capacity = None
         if self.capacity_factor is not None or self.resolved_dispatch == "sparse":
             capacity = routing.expert_capacity(
-                num_tokens, self.num_experts, self.top_k, self.capacity_factor
+                ops.shape(tokens)[0],
+                self.num_experts,
+                self.top_k,
+                self.capacity_factor,
             )
         result = self.route(tokens, training=training, capacity=capacity)
         if self.resolved_dispatch == "dense":
@@ -241,34 +244,32 @@ class MoEDense(MoELayer):
                 self._run_experts(self.experts, tokens), combine
             )
         else:
-            token_table, weight_table = dispatch_lib.sparse_dispatch_plan(
+            token_table, slot_ids = dispatch_lib.sparse_dispatch_plan(
                 result.expert_indices,
-                result.expert_weights,
                 result.positions,
                 result.keep,
                 self.num_experts,
                 capacity,
             )
             buffers = dispatch_lib.gather_tokens(tokens, token_table)
-            outputs = dispatch_lib.scatter_combine(
+            outputs = dispatch_lib.combine_slots(
                 self._run_experts(self.experts, buffers),
-                token_table,
-                weight_table,
-                num_tokens,
+                slot_ids,
+                result.expert_weights,
+                result.keep,
             )
         if self.shared_experts is not None:
             shared = self._run_experts(self.shared_experts, tokens)
             outputs = outputs + ops.sum(shared, axis=0)
         if self.activation is not None:
             outputs = self.activation(outputs)
-        output_shape = tuple(ops.shape(inputs)[:-1]) + (self.units,)
-        return ops.reshape(outputs, output_shape)
+        return reshape_like(outputs, inputs, (self.units,))
 
     def expert_choices(self, inputs):
         """Inference-time top-k expert indices, shape `inputs.shape[:-1] + (k,)`."""
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
         indices = self.route(tokens, training=False).expert_indices
-        return ops.reshape(indices, tuple(ops.shape(inputs)[:-1]) + (self.top_k,))
+        return reshape_like(indices, inputs, (self.top_k,))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -59,6 +59,20 @@ def _non_negative_float(value, name):
         )
 
 
+def reshape_like(x, like, trailing):
+    """Reshapes `x` to `like.shape[:-1] + trailing`, leaving the batch as -1.
+
+    Static sizes are used wherever they are known: a target shape built from
+    `ops.shape(...)` of an unknown batch makes XLA (TensorFlow
+    `jit_compile=True`) treat every later size as dynamic, which breaks the
+    segment sums of sparse dispatch further down the model.
+    """
+    middle = tuple(like.shape[1:-1])
+    if any(size is None for size in middle):
+        middle = tuple(ops.shape(like)[1:-1])
+    return ops.reshape(x, (-1,) + middle + tuple(trailing))
+
+
 def expert_initializer(initializer, num_experts):
     """Makes a variance-scaling initializer see one expert's fans.
 

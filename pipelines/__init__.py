@@ -1,0 +1,1 @@
+"""Kaggle digit-recognizer pipeline built on moe_keras."""

@@ -1,0 +1,67 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+
+
+@pytest.fixture
+def kaggle_server(monkeypatch, tmp_path):
+    """A fake Kaggle API on 127.0.0.1 that the *real* ``kaggle`` client talks to.
+
+    Sets (via monkeypatch, so undone after the test) the environment the
+    official client reads: legacy API-key credentials matching the fake
+    server, a private ``HOME`` and ``KAGGLE_CONFIG_DIR`` (so no real
+    ``~/.kaggle`` token is picked up or written), ``KAGGLE_API_ENVIRONMENT=LOCALHOST``
+    (endpoint ``http://localhost``) and ``HTTP(S)_PROXY`` pointing at the fake
+    server, which then receives every request, also from a ``kaggle`` CLI
+    subprocess inheriting ``os.environ``.
+
+    Yields:
+        The started ``kaggle_fake_server.FakeKaggleServer``.
+    """
+    try:
+        from tests.kaggle_fake_server import FakeKaggleServer
+    except ImportError:  # tests/ is not a package: pytest put it on sys.path
+        from kaggle_fake_server import FakeKaggleServer
+
+    home = tmp_path / "kaggle-home"
+    config_dir = tmp_path / "kaggle-config"
+    home.mkdir()
+    config_dir.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL", "KAGGLE_API_V1_TOKEN",
+                 "KAGGLE_COMPETITION_SUBMISSION_MODEL_VERSION_ID", "KAGGLE_API_ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_USERNAME", "fake-user")
+    monkeypatch.setenv("KAGGLE_KEY", "fake-key")
+
+    # KaggleApi snapshots KAGGLE_CONFIG_DIR and KAGGLE_API_ENVIRONMENT into
+    # class attributes when kaggle is first imported; import it now (with
+    # test credentials and config dir, before LOCALHOST is set, so the
+    # snapshot is the production one) and patch those attributes per test.
+    # Importing kaggle authenticates and may print; keep the output quiet.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    args = [a for a in KaggleApi.args if a not in ("--local", "--staging", "--admin")] + ["--local"]
+    monkeypatch.setattr(KaggleApi, "args", args)
+    monkeypatch.setattr(KaggleApi, "config_dir", str(config_dir))
+    monkeypatch.setattr(KaggleApi, "config", str(config_dir / "kaggle.json"))
+
+    server = FakeKaggleServer().start()
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    # HTTPS too: anything that tried the production endpoint would be refused
+    # by the fake (CONNECT -> 405) instead of leaving the machine.
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, server.url)
+    try:
+        yield server
+    finally:
+        server.stop()

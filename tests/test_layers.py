@@ -1,0 +1,450 @@
+"""MoEDense and MoEConv2D: Keras's own layer harness, maths, training, saving.
+
+Runs on whichever backend KERAS_BACKEND selects; CI runs this file under
+TensorFlow and again under JAX.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from keras.src import testing
+
+from moe_keras import MoEConv2D
+from moe_keras import MoEDense
+from moe_keras.callbacks import ExpertUsage
+
+
+def np_(x):
+    return ops.convert_to_numpy(x)
+
+
+class MoEDenseLayerTest(testing.TestCase):
+    def test_basic(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={"units": 5, "num_experts": 4, "top_k": 2},
+            input_shape=(8, 6),
+            call_kwargs={"training": True},
+            expected_output_shape=(8, 5),
+            # router + kernel + bias
+            expected_num_trainable_weights=3,
+            # expert_counts, dropped_slots
+            expected_num_non_trainable_weights=2,
+            expected_num_seed_generators=0,
+            expected_num_losses=1,
+            supports_masking=True,
+        )
+
+    def test_mlp_experts_shared_noise_every_loss_sequence_input(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={
+                "units": 5,
+                "num_experts": 4,
+                "top_k": 2,
+                "expert_hidden": 7,
+                "num_shared_experts": 1,
+                "router_noise": "learned",
+                "seed": 3,
+                "importance_loss_weight": 0.01,
+                "diversity_loss_weight": 0.01,
+                "overflow_loss_weight": 0.01,
+                "z_loss_weight": 0.001,
+                "bias_update_rate": 0.001,
+            },
+            input_shape=(2, 3, 6),
+            call_kwargs={"training": True},
+            expected_output_shape=(2, 3, 5),
+            # router, noise, 4 expert + 4 shared weights
+            expected_num_trainable_weights=10,
+            # selection_bias, expert_counts, dropped_slots
+            expected_num_non_trainable_weights=3,
+            expected_num_seed_generators=1,
+            expected_num_losses=5,
+        )
+
+    def test_sparse_capacity(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={
+                "units": 3,
+                "num_experts": 8,
+                "top_k": 1,
+                "capacity_factor": 1.5,
+                "dispatch": "sparse",
+                "router_noise": "gaussian",
+                "seed": 1,
+            },
+            input_shape=(16, 4),
+            call_kwargs={"training": True},
+            expected_output_shape=(16, 3),
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=2,
+            expected_num_seed_generators=1,
+            expected_num_losses=1,
+        )
+
+
+class MoEConv2DLayerTest(testing.TestCase):
+    def test_sample_routing_sparse(self):
+        self.run_layer_test(
+            MoEConv2D,
+            init_kwargs={"filters": 4, "kernel_size": 3, "num_experts": 3, "top_k": 2},
+            input_shape=(2, 8, 8, 3),
+            call_kwargs={"training": True},
+            expected_output_shape=(2, 6, 6, 4),
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=2,
+            expected_num_seed_generators=0,
+            expected_num_losses=1,
+        )
+
+    def test_pixel_routing_shared_strides(self):
+        self.run_layer_test(
+            MoEConv2D,
+            init_kwargs={
+                "filters": 4,
+                "kernel_size": 3,
+                "num_experts": 3,
+                "routing": "pixel",
+                "num_shared_experts": 1,
+                "strides": 2,
+                "padding": "same",
+                "z_loss_weight": 0.001,
+            },
+            input_shape=(2, 7, 7, 3),
+            call_kwargs={"training": True},
+            expected_output_shape=(2, 4, 4, 4),
+            expected_num_trainable_weights=5,
+            expected_num_non_trainable_weights=2,
+            expected_num_losses=2,
+        )
+
+    def test_dense_dispatch_valid_padding_dilation(self):
+        self.run_layer_test(
+            MoEConv2D,
+            init_kwargs={
+                "filters": 2,
+                "kernel_size": 3,
+                "num_experts": 4,
+                "dispatch": "dense",
+                "dilation_rate": 2,
+                "activation": "relu",
+            },
+            input_shape=(2, 9, 9, 2),
+            call_kwargs={"training": True},
+            expected_output_shape=(2, 5, 5, 2),
+            expected_num_losses=1,
+        )
+
+
+# Maths --------------------------------------------------------------------
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_top_k_equal_to_n_is_the_softmax_mixture_of_all_experts():
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
+    layer = MoEDense(3, num_experts=4, top_k=4, normalize_top_k=False, expert_hidden=8)
+    y = np_(layer(x))
+    router = np_(layer.router_kernel)
+    w1, b1 = np_(layer.experts["hidden_kernel"]), np_(layer.experts["hidden_bias"])
+    w2, b2 = np_(layer.experts["kernel"]), np_(layer.experts["bias"])
+    probs = softmax(x @ router)
+    expected = sum(
+        probs[:, [e]] * (np.maximum(x @ w1[e] + b1[e], 0) @ w2[e] + b2[e])
+        for e in range(4)
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_experts_are_added_to_the_mixture():
+    x = np.random.default_rng(1).normal(size=(6, 5)).astype("float32")
+    layer = MoEDense(3, num_experts=2, num_shared_experts=2, top_k=1)
+    y = np_(layer(x))
+    probs = softmax(x @ np_(layer.router_kernel))
+    top = probs.argmax(-1)
+    w, b = np_(layer.experts["kernel"]), np_(layer.experts["bias"])
+    sw, sb = np_(layer.shared_experts["kernel"]), np_(layer.shared_experts["bias"])
+    expected = np.stack([probs[t, top[t]] * (x[t] @ w[top[t]] + b[top[t]]) for t in range(6)])
+    expected += x @ sw[0] + sb[0] + x @ sw[1] + sb[1]
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [None, 6])
+def test_dense_and_sparse_dispatch_agree(hidden):
+    x = np.random.default_rng(2).normal(size=(4, 5, 6)).astype("float32")
+    dense = MoEDense(4, num_experts=8, top_k=2, expert_hidden=hidden, dispatch="dense")
+    dense.build(x.shape)
+    sparse = MoEDense(4, num_experts=8, top_k=2, expert_hidden=hidden, dispatch="sparse")
+    sparse.build(x.shape)
+    sparse.set_weights(dense.get_weights())
+    np.testing.assert_allclose(np_(sparse(x)), np_(dense(x)), rtol=1e-4, atol=1e-5)
+    # With a tight capacity both drop the same slots and still agree.
+    for layer in (dense, sparse):
+        layer.capacity_factor = 0.5
+    np.testing.assert_allclose(np_(sparse(x)), np_(dense(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_dropped_tokens_only_get_the_shared_experts():
+    x = np.ones((6, 3), "float32")  # identical tokens all pick the same expert
+    layer = MoEDense(2, num_experts=3, capacity_factor=1.0, num_shared_experts=1, dispatch="sparse")
+    layer.build(x.shape)
+    y = np_(layer(x))
+    shared = np_(ops.sum(layer._run_experts(layer.shared_experts, x), axis=0))
+    # capacity = ceil(6 * 1 / 3) = 2: tokens 2..5 dropped.
+    np.testing.assert_allclose(y[2:], shared[2:], rtol=1e-5)
+    assert not np.allclose(y[:2], shared[:2])
+
+
+def test_conv_sparse_condconv_equals_dense_all_experts():
+    x = np.random.default_rng(3).normal(size=(3, 9, 9, 2)).astype("float32")
+    for kwargs in ({}, {"strides": 2, "padding": "same"}, {"dilation_rate": 2}):
+        dense = MoEConv2D(5, 3, num_experts=4, top_k=2, dispatch="dense", **kwargs)
+        dense.build(x.shape)
+        sparse = MoEConv2D(5, 3, num_experts=4, top_k=2, dispatch="sparse", **kwargs)
+        sparse.build(x.shape)
+        sparse.set_weights(dense.get_weights())
+        np.testing.assert_allclose(np_(sparse(x)), np_(dense(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_each_sample_uses_its_selected_expert_kernel():
+    x = np.random.default_rng(4).normal(size=(2, 6, 6, 2)).astype("float32")
+    layer = MoEConv2D(3, 3, num_experts=3, top_k=1, normalize_top_k=True, use_bias=False)
+    y = np_(layer(x))
+    choice = np_(layer.expert_choices(x))[:, 0]
+    for b in range(2):
+        single = np_(ops.conv(x[b : b + 1], layer.experts["kernel"][choice[b]]))
+        np.testing.assert_allclose(y[b : b + 1], single, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_channels_first_matches_channels_last():
+    x = np.random.default_rng(5).normal(size=(2, 7, 7, 3)).astype("float32")
+    last = MoEConv2D(4, 3, num_experts=3, routing="pixel", data_format="channels_last")
+    last.build(x.shape)
+    first = MoEConv2D(4, 3, num_experts=3, routing="pixel", data_format="channels_first")
+    first.build((2, 3, 7, 7))
+    first.set_weights(last.get_weights())
+    y_first = np_(first(np.transpose(x, (0, 3, 1, 2))))
+    np.testing.assert_allclose(np.transpose(y_first, (0, 2, 3, 1)), np_(last(x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"units": 0, "num_experts": 2}, "units"),
+        ({"units": 2, "num_experts": 0}, "num_experts"),
+        ({"units": 2, "num_experts": 2, "top_k": 3}, "top_k"),
+        ({"units": 2, "num_experts": 2, "capacity_factor": 0}, "capacity_factor"),
+        ({"units": 2, "num_experts": 2, "dispatch": "fast"}, "dispatch"),
+        ({"units": 2, "num_experts": 2, "router_noise": "uniform"}, "router_noise"),
+        ({"units": 2, "num_experts": 2, "switch_loss_weight": -1}, "switch_loss_weight"),
+        ({"units": 2, "num_experts": 2, "num_shared_experts": -1}, "num_shared_experts"),
+    ],
+)
+def test_invalid_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MoEDense(**kwargs)
+
+
+def test_conv_rejects_sparse_pixel_routing():
+    with pytest.raises(ValueError, match="routing='sample'"):
+        MoEConv2D(2, 3, num_experts=2, routing="pixel", dispatch="sparse")
+
+
+# Gradients, losses, training ----------------------------------------------
+
+def router_gradient(layer, x):
+    """Gradient of the task output alone (no aux loss) w.r.t. the router."""
+    layer.build(x.shape)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = ops.sum(ops.square(layer(x)))
+        return np_(tape.gradient(loss, layer.router_kernel.value))
+    if backend == "jax":
+        import jax
+
+        def loss_fn(router):
+            values = [router if v is layer.router_kernel else v.value for v in layer.trainable_variables]
+            out, _ = layer.stateless_call(values, [v.value for v in layer.non_trainable_variables], x)
+            return ops.sum(ops.square(out))
+
+        return np_(jax.grad(loss_fn)(layer.router_kernel.value))
+    pytest.skip(f"no gradient helper for {backend}")
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_router_gets_gradient_from_task_loss(top_k):
+    x = np.random.default_rng(6).normal(size=(16, 5)).astype("float32")
+    layer = MoEDense(3, num_experts=4, top_k=top_k, switch_loss_weight=0.0)
+    grad = router_gradient(layer, x)
+    assert np.abs(grad).max() > 1e-6
+
+
+def test_normalized_top_1_gives_router_no_task_gradient():
+    """Why the k=1 default keeps the softmax weight (documented behaviour)."""
+    x = np.random.default_rng(6).normal(size=(16, 5)).astype("float32")
+    keras.utils.set_random_seed(0)
+    normalized = MoEDense(3, num_experts=4, top_k=1, normalize_top_k=True, switch_loss_weight=0.0)
+    keras.utils.set_random_seed(0)
+    softmax_weighted = MoEDense(3, num_experts=4, top_k=1, switch_loss_weight=0.0)
+    # Only the 1e-9 guard of the renormalisation leaves a trace of gradient.
+    ratio = np.abs(router_gradient(normalized, x)).max() / np.abs(router_gradient(softmax_weighted, x)).max()
+    assert ratio < 1e-3
+
+
+def make_model(**moe_kwargs):
+    inputs = keras.Input((8,))
+    hidden = MoEDense(16, num_experts=4, activation="relu", name="moe", **moe_kwargs)(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def toy_data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0.5).astype("int32")
+    return x, y
+
+
+def test_fit_lowers_loss_and_losses_only_in_training():
+    keras.utils.set_random_seed(0)
+    x, y = toy_data()
+    model = make_model(top_k=2, expert_hidden=8, z_loss_weight=1e-3)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
+    model(x[:4], training=True)
+    assert len(model.losses) == 2  # Switch + z-loss
+    model(x[:4], training=False)
+    assert len(model.losses) == 0
+
+
+def collapse_router(layer):
+    """Set the router so that every input picks expert 0 with probability 0.98."""
+    kernel = np.zeros(layer.router_kernel.shape, "float32")
+    # A bias-like push through a constant feature: inputs get a column of 1s.
+    kernel[-1, 0] = 5.0
+    layer.router_kernel.assign(kernel)
+
+
+@pytest.mark.parametrize(
+    "balance",
+    [
+        {"switch_loss_weight": 0.5},
+        {"switch_loss_weight": 0.0, "importance_loss_weight": 0.5},
+        {"switch_loss_weight": 0.0, "diversity_loss_weight": 0.5},
+        {"switch_loss_weight": 0.0, "bias_update_rate": 0.05},
+    ],
+    ids=["switch", "importance", "diversity", "loss_free_bias"],
+)
+def test_balancing_turns_a_collapsed_router_balanced(balance):
+    """Each method really moves the router, on this backend, through fit."""
+    keras.utils.set_random_seed(0)
+    x, y = toy_data(512)
+    x = np.concatenate([x, np.ones((len(x), 1), "float32")], axis=1)
+    inputs = keras.Input((9,))
+    moe = MoEDense(16, num_experts=4, name="moe", **balance)
+    outputs = keras.layers.Dense(3, activation="softmax")(moe(inputs))
+    model = keras.Model(inputs, outputs)
+    collapse_router(moe)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    usage = ExpertUsage()
+    history = model.fit(x, y, epochs=10, batch_size=64, verbose=0, callbacks=[usage])
+    assert history.history["moe_max_load_ratio"][0] > 3.0  # starts collapsed
+    assert history.history["moe_dead_experts"][0] >= 2
+    assert history.history["moe_max_load_ratio"][-1] < 2.0  # ends balanced
+    assert history.history["moe_dead_experts"][-1] == 0
+
+
+def test_without_balancing_the_collapsed_router_stays_collapsed():
+    keras.utils.set_random_seed(0)
+    x, y = toy_data(512)
+    x = np.concatenate([x, np.ones((len(x), 1), "float32")], axis=1)
+    inputs = keras.Input((9,))
+    moe = MoEDense(16, num_experts=4, name="moe", switch_loss_weight=0.0)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(moe(inputs)))
+    collapse_router(moe)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=10, batch_size=64, verbose=0, callbacks=[ExpertUsage()])
+    assert history.history["moe_max_load_ratio"][-1] > 2.5
+
+
+def test_jit_compile_training_with_capacity_and_conv():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = MoEConv2D(4, 3, num_experts=3, top_k=2, padding="same", activation="relu")(inputs)
+    h = MoEConv2D(4, 3, num_experts=3, routing="pixel", activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = MoEDense(8, num_experts=4, top_k=2, capacity_factor=1.25, dispatch="sparse", router_noise="gaussian", seed=2)(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(h))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_save_and_load_keras_file_gives_identical_predictions(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 10, 1))
+    h = MoEConv2D(4, 3, num_experts=3, top_k=2, num_shared_experts=1, activation="relu")(inputs)
+    h = MoEConv2D(4, 3, num_experts=2, routing="pixel", num_shared_experts=1)(h)
+    h = keras.layers.Flatten()(h)
+    h = MoEDense(8, num_experts=4, top_k=2, expert_hidden=6, num_shared_experts=1, bias_update_rate=0.01, router_noise="learned", seed=1)(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 10, 10, 1)).astype("float32")
+    model.fit(x, np.zeros((8, 3)), epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "moe.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
+
+
+def test_sequential_and_subclassed_models():
+    x = np.random.default_rng(0).normal(size=(4, 5, 6)).astype("float32")
+    seq = keras.Sequential([keras.Input((5, 6)), MoEDense(3, num_experts=2)])
+    assert seq(x).shape == (4, 5, 3)
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.moe = MoEDense(3, num_experts=2, top_k=2)
+
+        def call(self, x, training=False):
+            return self.moe(x, training=training)
+
+    net = Net()
+    net.compile(optimizer="sgd", loss="mse")
+    net.fit(x, np.zeros((4, 5, 3)), verbose=0)
+    net(x, training=True)
+    assert len(net.losses) == 1
+
+
+def test_mixed_precision_keeps_router_in_float32():
+    layer = MoEDense(4, num_experts=3, dtype="mixed_float16")
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float16")
+    y = layer(x, training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert layer.router_kernel.dtype == "float32"
+    result = layer.route(x, training=False)
+    assert keras.backend.standardize_dtype(result.probabilities.dtype) == "float32"
+
+
+def test_count_params_per_token():
+    layer = MoEDense(4, num_experts=5, top_k=3, expert_hidden=8, num_shared_experts=1)
+    layer.build((None, 6))
+    per_expert = 6 * 8 + 8 + 8 * 4 + 4
+    assert layer.count_params_per_token() == 6 * 5 + 3 * per_expert + per_expert
+    assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 6 * 5 + 6 * per_expert

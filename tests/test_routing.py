@@ -1,0 +1,80 @@
+"""Routing functions against hand computations in NumPy."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from moe_keras import routing
+
+
+def np_(x):
+    return ops.convert_to_numpy(x)
+
+
+PROBS = np.array(
+    [[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.35, 0.05], [0.3, 0.3, 0.4]],
+    dtype="float32",
+)
+
+
+def test_router_probabilities_is_float32_softmax():
+    logits = np.array([[1.0, 2.0, 3.0]], dtype="float16")
+    probs = np_(routing.router_probabilities(logits))
+    assert probs.dtype == np.float32
+    expected = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
+    np.testing.assert_allclose(probs[0], expected, rtol=1e-3)
+
+
+def test_top_k_normalized_weights_sum_to_one():
+    weights, indices = routing.top_k_routing(PROBS, 2, normalize=True)
+    np.testing.assert_array_equal(np_(indices), [[0, 1], [2, 1], [0, 1], [2, 0]])
+    np.testing.assert_allclose(np_(weights)[0], [0.5 / 0.8, 0.3 / 0.8], rtol=1e-5)
+    np.testing.assert_allclose(np_(weights).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_top_k_unnormalized_keeps_softmax_values():
+    weights, indices = routing.top_k_routing(PROBS, 1, normalize=False)
+    np.testing.assert_array_equal(np_(indices)[:, 0], [0, 2, 0, 2])
+    np.testing.assert_allclose(np_(weights)[:, 0], [0.5, 0.7, 0.6, 0.4])
+
+
+def test_selection_bias_changes_choice_not_weights():
+    bias = np.array([0.0, 0.5, 0.0], dtype="float32")
+    weights, indices = routing.top_k_routing(PROBS, 1, bias, normalize=False)
+    # Expert 1 wins every row once biased, but is mixed with its own prob.
+    np.testing.assert_array_equal(np_(indices)[:, 0], [1, 1, 1, 1])
+    np.testing.assert_allclose(np_(weights)[:, 0], PROBS[:, 1])
+
+
+@pytest.mark.parametrize(
+    "tokens,experts,k,factor,expected",
+    [(8, 4, 1, 1.0, 2), (8, 4, 2, 1.0, 4), (10, 4, 1, 1.25, 4), (8, 4, 1, None, 8),
+     (4, 2, 2, 4.0, 4)],
+)
+def test_expert_capacity(tokens, experts, k, factor, expected):
+    assert routing.expert_capacity(tokens, experts, k, factor) == expected
+
+
+def test_assign_capacity_first_choices_have_priority():
+    # 4 tokens, top-2 of 2 experts; every token picks expert 0 then 1, except
+    # token 3 which picks 1 then 0.
+    indices = np.array([[0, 1], [0, 1], [0, 1], [1, 0]], dtype="int32")
+    positions, keep = routing.assign_capacity(indices, 2, capacity=3)
+    # Expert 0: first choices of tokens 0,1,2 -> 0,1,2; token 3's second
+    # choice comes after all first choices -> position 3, dropped.
+    # Expert 1: token 3's first choice -> 0, then second choices 1,2,3.
+    np.testing.assert_array_equal(np_(positions), [[0, 1], [1, 2], [2, 3], [0, 3]])
+    np.testing.assert_array_equal(np_(keep), [[1, 1], [1, 1], [1, 0], [1, 0]])
+
+
+def test_combine_weights_zero_for_dropped_slots():
+    weights = np.array([[0.7, 0.3], [0.6, 0.4]], dtype="float32")
+    indices = np.array([[2, 0], [1, 2]], dtype="int32")
+    keep = np.array([[1, 1], [1, 0]], dtype="float32")
+    combine = np_(routing.combine_weights(weights, indices, 3, keep))
+    np.testing.assert_allclose(combine, [[0.3, 0.0, 0.7], [0.0, 0.6, 0.0]])
+
+
+def test_expert_token_counts():
+    indices = np.array([[0, 1], [0, 2], [0, 1]], dtype="int32")
+    np.testing.assert_array_equal(np_(routing.expert_token_counts(indices, 4)), [3, 2, 1, 0])
