@@ -220,6 +220,9 @@ class MoELayer(keras.layers.Layer):
                 shape=(self.num_experts,),
                 initializer="zeros",
                 trainable=False,
+                # Replicas (tf.distribute) each step the bias on their own
+                # batch; the mean of their new values is the shared bias.
+                aggregation="mean",
                 dtype="float32",
                 autocast=False,
             )
@@ -230,6 +233,7 @@ class MoELayer(keras.layers.Layer):
             shape=(self.num_experts,),
             initializer="zeros",
             trainable=False,
+            aggregation="sum",
             dtype="float32",
             autocast=False,
         )
@@ -238,6 +242,7 @@ class MoELayer(keras.layers.Layer):
             shape=(),
             initializer="zeros",
             trainable=False,
+            aggregation="sum",
             dtype="float32",
             autocast=False,
         )
@@ -352,8 +357,8 @@ class MoELayer(keras.layers.Layer):
 
     def reset_routing_stats(self):
         """Zeroes the counts that `routing_stats()` summarises."""
-        self.expert_counts.assign(ops.zeros_like(self.expert_counts))
-        self.dropped_slots.assign(ops.zeros_like(self.dropped_slots))
+        self.expert_counts.assign(ops.zeros(self.expert_counts.shape))
+        self.dropped_slots.assign(ops.zeros(self.dropped_slots.shape))
 
     def routing_stats(self):
         """Routing statistics of the training batches since the last reset.
