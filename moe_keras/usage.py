@@ -57,7 +57,7 @@ def summarize_counts(counts, dropped_slots=0.0):
 def _router_inputs_model(model, layer):
     """A model from `model`'s inputs to `layer`'s input (functional models)."""
     try:
-        return keras.Model(model.inputs, layer.input)
+        return keras.Model(model.input, layer.input)
     except (AttributeError, ValueError) as error:
         raise ValueError(
             "Routing counts need a Functional or Sequential model whose MoE "

@@ -1,0 +1,348 @@
+"""Command line of `python -m pipelines.digit_recognizer`.
+
+    python -m pipelines.digit_recognizer --moe 3,5 --hidden 64      # one run
+    python -m pipelines.digit_recognizer --grid [--submit]          # the grid
+    python -m pipelines.digit_recognizer submit FILE [-m MSG]       # upload a file
+    python -m pipelines.digit_recognizer submissions                # past scores
+
+Exit codes: 0 success, 1 a Kaggle action failed (local files kept), 2 bad
+input or arguments (nothing written).
+"""
+
+import argparse
+import csv
+import io
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pipelines import data
+from pipelines.models import ModelConfig
+from pipelines.train import TrainConfig
+from pipelines.train import write_json_atomically
+
+DEFAULT_DATA_DIR = Path("data/digit-recognizer")
+SUBMISSIONS_DIR = Path("submissions")
+GRID_TABLE_STEM = "grid-results"
+
+# The reference write-up's models, plus the dense baselines: the usual one
+# (h64) and the one with the active parameters of MoE(3,5) h64 (h192).
+GRID = (
+    ModelConfig(moe=(1, 5), hidden=64),
+    ModelConfig(moe=(2, 5), hidden=64),
+    ModelConfig(moe=(3, 5), hidden=64),
+    ModelConfig(moe=(6, 10), hidden=16),
+    ModelConfig(moe=None, hidden=64),
+    ModelConfig(moe=None, hidden=192),
+)
+
+
+def _pair(text):
+    try:
+        k, n = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected K,N (two integers, e.g. 3,5), got {text!r}"
+        ) from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"need 1 <= K <= N, got K={k}, N={n}")
+    return k, n
+
+
+def _train_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.digit_recognizer",
+        description="Train MoE(k,n) digit classifiers on Kaggle's digit-recognizer "
+        "CSVs and write submissions. Subcommands: `submit FILE`, `submissions`.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--moe", type=_pair, metavar="K,N", help="MoE(K,N) feature block: top-K of N experts (omit for the dense baseline)")
+    model.add_argument("--hidden", type=int, default=64, help="expert hidden size (MoE) or hidden width (baseline); default 64")
+    model.add_argument("--shared", type=int, default=0, help="shared (always-active) experts")
+    model.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
+    model.add_argument("--conv-moe", type=_pair, metavar="K,N", help="make the second conv block an MoEConv2D MoE(K,N)")
+    model.add_argument("--no-augment", action="store_true", help="no rotation/shift/zoom augmentation")
+    balance = parser.add_argument_group("routing and balancing")
+    balance.add_argument("--balance-loss", type=float, default=0.01, help="Switch load-balancing loss coefficient (default 0.01)")
+    balance.add_argument("--importance-loss", type=float, default=0.0)
+    balance.add_argument("--diversity-loss", type=float, default=0.0)
+    balance.add_argument("--overflow-loss", type=float, default=0.0)
+    balance.add_argument("--z-loss", type=float, default=0.0)
+    balance.add_argument("--bias-rate", type=float, default=0.0, help="DeepSeek-V3 loss-free balancing rate")
+    balance.add_argument("--capacity-factor", type=float, default=None, help="expert capacity (default: dropless)")
+    balance.add_argument("--router-noise", choices=("gaussian", "learned"), default=None)
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int, default=30)
+    training.add_argument("--batch-size", type=int, default=128)
+    training.add_argument("--lr", type=float, default=2e-3)
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--validation-fraction", type=float, default=0.1)
+    training.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
+    training.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU); routers stay float32")
+    training.add_argument("--jit", action="store_true", help="XLA-compile the train step")
+    training.add_argument("--quiet", action="store_true", help="no progress bars")
+    io_group = parser.add_argument_group("data and outputs")
+    io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
+    io_group.add_argument("--out", type=Path, help="submission path (default submissions/<run-name>.csv); with --grid, the output folder")
+    io_group.add_argument("--grid", action="store_true", help="train the reference grid (resumes: finished configs are skipped)")
+    kaggle = parser.add_argument_group("Kaggle")
+    kaggle.add_argument("--submit", action="store_true", help="upload the submission(s) and record the public score")
+    kaggle.add_argument("--message", help="submission message (default: run name and config)")
+    kaggle.add_argument("--wait", type=float, default=600.0, help="seconds to wait for scoring")
+    return parser
+
+
+def _submit_parser():
+    parser = argparse.ArgumentParser(prog="python -m pipelines.digit_recognizer submit")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("-m", "--message", help="submission message (default: the file name)")
+    parser.add_argument("--wait", type=float, default=600.0)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="test.csv's folder, for the row count check")
+    parser.add_argument("--record", type=Path, help="run record to store the score in (default: FILE with .json, if it exists)")
+    return parser
+
+
+def _configs_from_args(args):
+    routing = {
+        "switch_loss_weight": args.balance_loss,
+        "importance_loss_weight": args.importance_loss,
+        "diversity_loss_weight": args.diversity_loss,
+        "overflow_loss_weight": args.overflow_loss,
+        "z_loss_weight": args.z_loss,
+        "bias_update_rate": args.bias_rate,
+    }
+    if args.router_noise:
+        routing["router_noise"] = args.router_noise
+    model_config = ModelConfig(
+        arch=args.arch,
+        moe=args.moe,
+        hidden=args.hidden,
+        shared=args.shared,
+        conv_moe=args.conv_moe,
+        augment=not args.no_augment,
+        routing=routing,
+    )
+    if args.capacity_factor is not None:
+        model_config.routing["capacity_factor"] = args.capacity_factor
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        validation_fraction=args.validation_fraction,
+        patience=args.patience,
+        mixed_precision=args.mixed_precision,
+        jit_compile=True if args.jit else "auto",
+        verbose=0 if args.quiet else 1,
+    )
+    return model_config, train_config
+
+
+def _prepare_data(directory):
+    from pipelines import kaggle
+
+    return data.prepare_data_dir(directory, download=kaggle.download_competition_data)
+
+
+def _describe(model_config, train_config):
+    routing = ", ".join(f"{k}={v}" for k, v in sorted(model_config.routing.items()) if v)
+    return f"{model_config.name} seed={train_config.seed} epochs={train_config.epochs} {routing}".strip()
+
+
+def _submit_and_record(submission, record, message, wait, expected_rows):
+    """Uploads one file; on failure says how to retry. Returns the result or None."""
+    from pipelines import kaggle
+
+    try:
+        result = kaggle.submit(submission, message, wait=wait, expected_rows=expected_rows)
+    except kaggle.KaggleError as error:
+        print(f"Kaggle upload failed: {error}", file=sys.stderr)
+        if error.retry_command:
+            print(f"Retry by hand: {error.retry_command}", file=sys.stderr)
+        print(f"The local submission {submission} is kept.", file=sys.stderr)
+        return None
+    if record is not None and Path(record).exists():
+        kaggle.record_submission(record, result)
+    if result.status == "COMPLETE":
+        print(f"Kaggle public score for {submission}: {result.public_score}")
+    elif result.status == "ERROR":
+        print(f"Kaggle could not score {submission}: {result.error_description}", file=sys.stderr)
+    else:
+        print(f"Kaggle is still scoring {submission} ({result.note or 'pending'}); "
+              "see `python -m pipelines.digit_recognizer submissions`.")
+    return result
+
+
+def _run_single(args):
+    from pipelines.train import train_run
+
+    model_config, train_config = _configs_from_args(args)
+    source = _prepare_data(args.data)
+    submission = args.out or SUBMISSIONS_DIR / f"{model_config.name}.csv"
+    result = train_run(model_config, train_config, source, submission)
+    if args.submit:
+        message = args.message or _describe(model_config, train_config)
+        test_rows = data.validate_submission(result.submission)
+        if _submit_and_record(result.submission, result.record, message, args.wait, test_rows) is None:
+            return 1
+    return 0
+
+
+def _load_record(path):
+    import json
+
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def _finished(record, model_config, train_config):
+    """A run counts as done when its record says so for the same config."""
+    from dataclasses import asdict
+
+    return (
+        record is not None
+        and record.get("status") == "complete"
+        and record.get("model_config") == _jsonable(asdict(model_config))
+        and record.get("train_config") == _jsonable(asdict(train_config))
+        and Path(record.get("submission", "")).exists()
+    )
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def grid_table_rows(records):
+    """Rows of the grid results table, in the reference write-up's columns."""
+    baseline = next(
+        (r for r in records if r["model_config"]["moe"] is None and r["model_config"]["hidden"] == 64),
+        None,
+    )
+
+    def score(record):
+        return (record.get("kaggle") or {}).get("public_score")
+
+    rows = []
+    for record in records:
+        config = record["model_config"]
+        moe = config["moe"]
+        model = f"MoE({moe[0]},{moe[1]})" if moe else "Dense baseline"
+        public = score(record)
+        base_public = score(baseline) if baseline else None
+        local = record.get("test_accuracy")
+        base_local = baseline.get("test_accuracy") if baseline else None
+        rows.append({
+            "Model": model,
+            "Hidden Size": config["hidden"],
+            "Training accuracy": round(100 * record["train_accuracy"], 2),
+            "Validation accuracy": round(100 * record["validation_accuracy"], 2),
+            "Public Score": "" if public is None else round(100 * public, 3),
+            "Score Difference": "" if public is None or base_public is None
+            else round(100 * (public - base_public), 3),
+            "Held-out test accuracy": "" if local is None else round(100 * local, 2),
+            "Held-out difference": "" if local is None or base_local is None
+            else round(100 * (local - base_local), 2),
+            "Params (total)": record["params_total"],
+            "Params (active)": record["params_active"],
+            "Epochs": record["epochs_run"],
+            "Time (s)": record["wall_time_s"],
+            "Submission": record["submission"],
+        })
+    return rows
+
+
+def write_grid_table(rows, stem):
+    """Writes `<stem>.csv` and `<stem>.md` atomically; returns both paths."""
+    from pipelines.train import write_text_atomically
+
+    fields = list(rows[0])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = Path(f"{stem}.csv")
+    write_text_atomically(csv_path, buffer.getvalue())
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(str(row[f]) for f in fields) + " |" for row in rows]
+    md_path = Path(f"{stem}.md")
+    write_text_atomically(md_path, "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _run_grid(args):
+    from pipelines.train import train_run
+
+    base_model, train_config = _configs_from_args(args)
+    source = _prepare_data(args.data)
+    out_dir = args.out or SUBMISSIONS_DIR
+    records, failures = [], 0
+    for grid_config in GRID:
+        model_config = replace(
+            base_model, moe=grid_config.moe, hidden=grid_config.hidden
+        )
+        submission = Path(out_dir) / f"{model_config.name}.csv"
+        record_path = submission.with_suffix(".json")
+        record = _load_record(record_path)
+        if _finished(record, model_config, train_config):
+            print(f"[grid] {model_config.name}: finished earlier, not retrained ({record_path})")
+        else:
+            print(f"[grid] training {model_config.name}")
+            train_run(model_config, train_config, source, submission)
+            record = _load_record(record_path)
+        if args.submit and not record.get("kaggle", {}).get("public_score"):
+            message = args.message or _describe(model_config, train_config)
+            rows = data.validate_submission(submission)
+            if _submit_and_record(submission, record_path, message, args.wait, rows) is None:
+                failures += 1
+            record = _load_record(record_path)
+        records.append(record)
+    csv_path, md_path = write_grid_table(grid_table_rows(records), Path(out_dir) / GRID_TABLE_STEM)
+    print(f"[grid] results: {csv_path} and {md_path}")
+    print(md_path.read_text())
+    return 1 if failures else 0
+
+
+def _run_submit(argv):
+    args = _submit_parser().parse_args(argv)
+    test_csv = args.data / "test.csv"
+    rows = len(data.read_test_csv(test_csv)) if test_csv.exists() else None
+    record = args.record or args.file.with_suffix(".json")
+    result = _submit_and_record(args.file, record, args.message or args.file.stem, args.wait, rows)
+    return 0 if result is not None else 1
+
+
+def _run_submissions():
+    from pipelines import kaggle
+
+    try:
+        print(kaggle.format_submissions_table(kaggle.list_submissions()))
+    except kaggle.KaggleError as error:
+        print(f"Could not list submissions: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["submit"]:
+            return _run_submit(argv[1:])
+        if argv[:1] == ["submissions"]:
+            return _run_submissions()
+        args = _train_parser().parse_args(argv)
+        for name in ("epochs", "batch_size", "hidden"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        return _run_grid(args) if args.grid else _run_single(args)
+    except data.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

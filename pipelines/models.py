@@ -1,0 +1,190 @@
+"""Keras models of the digit-recognizer pipeline, built from moe_keras layers.
+
+Two architectures, each with a dense baseline so every MoE run has one:
+
+* `cnn`: augmentation, two conv blocks (conv, batch norm, ReLU, max-pool),
+  then a feature block (MoEDense MoE(k,n) with MLP experts of size `hidden`,
+  or a dense MLP of the same shape for the baseline), then the classifier.
+* `mlp`: the same feature block straight on the 784 raw pixels (the setup of
+  the expert-collapse study); its baseline is the MLP 784-128-64-10.
+"""
+
+from dataclasses import dataclass
+from dataclasses import field
+
+import keras
+
+from moe_keras import MoEConv2D
+from moe_keras import MoEDense
+
+ARCHITECTURES = ("cnn", "mlp")
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+# Width of the feature block's output, MoE or dense, in both architectures.
+FEATURE_UNITS = 128
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes the model (not the training).
+
+    Attributes:
+        arch: "cnn" or "mlp".
+        moe: `(k, n)` for an MoE(k,n) feature block, `None` for the baseline.
+        hidden: expert hidden size (MoE) or hidden width (baseline).
+        shared: shared experts of the MoE block.
+        conv_moe: `(k, n)` to make the second conv block an MoEConv2D.
+        augment: random rotation/shift/zoom in front of the CNN.
+        routing: MoE layer arguments for balancing and capacity
+            (`switch_loss_weight`, `bias_update_rate`, `capacity_factor`, ...).
+    """
+
+    arch: str = "cnn"
+    moe: tuple[int, int] | None = (3, 5)
+    hidden: int = 64
+    shared: int = 0
+    conv_moe: tuple[int, int] | None = None
+    augment: bool = True
+    routing: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(
+                f"Unknown architecture {self.arch!r}; expected one of {ARCHITECTURES}."
+            )
+        for name in ("moe", "conv_moe"):
+            value = getattr(self, name)
+            if value is not None:
+                k, n = value
+                if not 1 <= k <= n:
+                    raise ValueError(
+                        f"`{name}` must be K,N with 1 <= K <= N; got {k},{n}."
+                    )
+        if self.conv_moe is not None and self.arch != "cnn":
+            raise ValueError("`conv_moe` needs the cnn architecture.")
+
+    @property
+    def name(self):
+        """Run name that spells the config, e.g. `cnn-moe3of5-h64-s0`."""
+        if self.moe is None:
+            parts = [self.arch, "dense", f"h{self.hidden}"]
+        else:
+            k, n = self.moe
+            parts = [self.arch, f"moe{k}of{n}", f"h{self.hidden}", f"s{self.shared}"]
+        if self.conv_moe is not None:
+            parts.append("conv{}of{}".format(*self.conv_moe))
+        if self.arch == "cnn" and not self.augment:
+            parts.append("noaug")
+        return "-".join(parts)
+
+
+def _augmentation(seed):
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(
+                0.1, 0.1, fill_mode="constant", seed=seed
+            ),
+            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def _conv_block(x, filters, index, conv_moe=None, routing=None):
+    if conv_moe is None:
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, name=f"conv{index}"
+        )(x)
+    else:
+        k, n = conv_moe
+        x = MoEConv2D(
+            filters,
+            3,
+            num_experts=n,
+            top_k=k,
+            padding="same",
+            use_bias=False,
+            name=f"moe_conv{index}",
+            **_conv_routing(routing or {}),
+        )(x)
+    x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+    x = keras.layers.Activation("relu", name=f"relu{index}")(x)
+    return keras.layers.MaxPooling2D(name=f"pool{index}")(x)
+
+
+def _conv_routing(routing):
+    # Capacity is a token-dropping notion of MoEDense; conv experts are dropless.
+    return {k: v for k, v in routing.items() if k != "capacity_factor"}
+
+
+def _feature_block(x, config, seed):
+    """MoE(k,n) of MLP experts, or the dense MLP it is compared with."""
+    if config.moe is None:
+        if config.arch == "mlp":
+            # The collapse study's baseline MLP 784-128-64-10.
+            x = keras.layers.Dense(128, activation="relu", name="dense1")(x)
+            return keras.layers.Dense(64, activation="relu", name="dense2")(x)
+        x = keras.layers.Dense(config.hidden, activation="relu", name="dense_hidden")(x)
+        return keras.layers.Dense(FEATURE_UNITS, activation="relu", name="dense_out")(x)
+    k, n = config.moe
+    return MoEDense(
+        FEATURE_UNITS if config.arch == "cnn" else 64,
+        num_experts=n,
+        top_k=k,
+        expert_hidden=config.hidden,
+        num_shared_experts=config.shared,
+        activation="relu",
+        seed=seed,
+        name="moe",
+        **config.routing,
+    )(x)
+
+
+def build_model(config, seed=0):
+    """Builds the (uncompiled) Keras model for `config`.
+
+    Args:
+        config: a `ModelConfig`.
+        seed: seed of the augmentation and the router noise.
+
+    Returns:
+        A Functional `keras.Model` mapping `(batch, 28, 28, 1)` images in
+        [0, 1] to class probabilities.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = inputs
+    if config.arch == "cnn":
+        if config.augment:
+            x = _augmentation(seed)(x)
+        x = _conv_block(x, 32, 1)
+        x = _conv_block(x, 64, 2, config.conv_moe, config.routing)
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = keras.layers.Dropout(0.25, seed=seed, name="dropout_features")(x)
+    else:
+        x = keras.layers.Flatten(name="flatten")(x)
+    x = _feature_block(x, config, seed)
+    if config.arch == "cnn":
+        x = keras.layers.Dropout(0.25, seed=seed, name="dropout_head")(x)
+    # float32 head: the softmax stays exact under a mixed precision policy.
+    outputs = keras.layers.Dense(
+        NUM_CLASSES, activation="softmax", dtype="float32", name="classifier"
+    )(x)
+    return keras.Model(inputs, outputs, name=config.name)
+
+
+def count_parameters(model):
+    """`(total, active_per_input)` trainable parameters.
+
+    Active parameters replace each MoE layer's experts by what one input uses
+    (its k routed experts plus the shared ones, and the router). For a
+    pixel-routed conv layer that is per pixel; the pipeline routes per sample.
+    """
+    from moe_keras.usage import moe_layers
+
+    total = int(sum(keras.ops.size(w) for w in model.trainable_weights))
+    active = total
+    for layer in moe_layers(model):
+        layer_total = int(sum(keras.ops.size(w) for w in layer.trainable_weights))
+        active += layer.count_params_per_token() - layer_total
+    return total, active

@@ -1,0 +1,138 @@
+"""End to end: the digit-recognizer CLI on tiny CSVs, bad input, grid resume,
+and an upload to the fake Kaggle server."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import cli
+from pipelines import data
+from pipelines.models import ModelConfig
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--quiet", "--patience", "1"]
+
+
+def write_tiny_competition(directory, train_rows=60, test_rows=12, seed=0):
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    pixels = [f"pixel{i}" for i in range(784)]
+    labels = np.arange(train_rows) % 10
+    train = pd.DataFrame(rng.integers(0, 256, size=(train_rows, 784)), columns=pixels)
+    train.insert(0, "label", labels)
+    train.to_csv(directory / "train.csv", index=False)
+    test = pd.DataFrame(rng.integers(0, 256, size=(test_rows, 784)), columns=pixels)
+    test.to_csv(directory / "test.csv", index=False)
+    return directory
+
+
+def test_single_run_writes_valid_submission_and_run_record(tmp_path, capsys):
+    source = write_tiny_competition(tmp_path / "data")
+    out = tmp_path / "subs" / "run.csv"
+    code = cli.main(["--moe", "2,3", "--hidden", "8", "--data", str(source), "--out", str(out), *FAST])
+    assert code == 0
+    assert data.validate_submission(out, expected_rows=12) == 12
+    submission = pd.read_csv(out)
+    assert list(submission.columns) == ["ImageId", "Label"]
+    assert submission["ImageId"].tolist() == list(range(1, 13))
+    assert submission["Label"].between(0, 9).all()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["status"] == "complete"
+    assert record["name"] == "cnn-moe2of3-h8-s0"
+    assert record["model_config"]["moe"] == [2, 3]
+    assert record["seed"] == 0 and record["versions"]["keras"]
+    assert len(record["history"]["loss"]) == 1
+    assert len(record["expert_usage"]) == 1 and "load_2" in record["expert_usage"][0]
+    assert np.asarray(record["class_expert_counts"]["moe"]).shape == (10, 3)
+    assert record["params_active"] < record["params_total"]
+    for suffix in ("-curves.png", "-load.png", "-routing.png"):
+        assert (tmp_path / "subs" / f"run{suffix}").stat().st_size > 0
+    summary = capsys.readouterr().out
+    assert "active per input" in summary and str(out) in summary
+
+
+def test_default_run_name_and_mlp_baseline(tmp_path, monkeypatch):
+    source = write_tiny_competition(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--arch", "mlp", "--data", str(source), *FAST]) == 0
+    assert (tmp_path / "submissions" / "mlp-dense-h64.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "corrupt,needle",
+    [
+        (lambda d: (d / "train.csv").write_text("label,pixel0\n1,2\n"), "train.csv"),
+        (lambda d: (d / "test.csv").write_text(""), "test.csv"),
+        (lambda d: os.remove(d / "test.csv"), "test.csv"),
+    ],
+    ids=["wrong-columns", "empty-test", "missing-test"],
+)
+def test_bad_input_exits_2_and_keeps_the_existing_submission(tmp_path, capsys, corrupt, needle):
+    source = write_tiny_competition(tmp_path / "data")
+    corrupt(source)
+    out = tmp_path / "good.csv"
+    out.write_text("ImageId,Label\n1,7\n")
+    code = cli.main(["--moe", "1,2", "--data", str(source), "--out", str(out), *FAST])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert out.read_text() == "ImageId,Label\n1,7\n"
+    assert not out.with_suffix(".json").exists()
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--moe", "6,5"])
+    assert exit_info.value.code == 2
+    assert "K <= N" in capsys.readouterr().err
+
+
+def test_grid_trains_each_config_once_and_resumes(tmp_path, monkeypatch, capsys):
+    source = write_tiny_competition(tmp_path / "data")
+    monkeypatch.setattr(cli, "GRID", (ModelConfig(moe=(1, 2), hidden=4), ModelConfig(moe=None, hidden=64)))
+    out_dir = tmp_path / "grid"
+    args = ["--grid", "--arch", "mlp", "--data", str(source), "--out", str(out_dir), *FAST]
+    assert cli.main(args) == 0
+    records = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.json")}
+    assert set(records) == {"mlp-moe1of2-h4-s0.json", "mlp-dense-h64.json"}
+    table = pd.read_csv(out_dir / "grid-results.csv")
+    assert table["Model"].tolist() == ["MoE(1,2)", "Dense baseline"]
+    assert {"Training accuracy", "Validation accuracy", "Public Score", "Score Difference",
+            "Params (total)", "Params (active)", "Time (s)"} <= set(table.columns)
+    assert "| Model |" in (out_dir / "grid-results.md").read_text()
+    capsys.readouterr()
+
+    # Simulate an interruption: the second config's record is lost.
+    (out_dir / "mlp-dense-h64.json").unlink()
+    assert cli.main(args) == 0
+    output = capsys.readouterr().out
+    assert "mlp-moe1of2-h4-s0: finished earlier, not retrained" in output
+    assert "training mlp-dense-h64" in output
+    assert (out_dir / "mlp-moe1of2-h4-s0.json").stat().st_mtime_ns == records["mlp-moe1of2-h4-s0.json"]
+
+
+def test_submit_flag_uploads_and_records_public_score(tmp_path, kaggle_server):
+    source = write_tiny_competition(tmp_path / "data")
+    out = tmp_path / "run.csv"
+    code = cli.main(["--arch", "mlp", "--moe", "1,2", "--data", str(source), "--out", str(out),
+                     "--submit", "--message", "tiny run", *FAST])
+    assert code == 0
+    assert kaggle_server.uploaded == [out.read_bytes()]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["kaggle"]["status"] == "COMPLETE"
+    assert record["kaggle"]["public_score"] == pytest.approx(0.98765)
+    assert record["kaggle"]["message"] == "tiny run"
+
+
+def test_submit_failure_keeps_files_and_prints_retry_command(tmp_path, kaggle_server, capsys):
+    from kaggle_fake_server import Fault
+
+    source = write_tiny_competition(tmp_path / "data")
+    out = tmp_path / "run.csv"
+    kaggle_server.script("GetSubmissionLimits", Fault(status=401, message="Unauthorized"))
+    code = cli.main(["--arch", "mlp", "--data", str(source), "--out", str(out), "--submit", *FAST])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "kaggle competitions submit -c digit-recognizer -f" in err
+    assert out.exists() and out.with_suffix(".json").exists()
