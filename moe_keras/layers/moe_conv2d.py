@@ -1,11 +1,7 @@
 """`MoEConv2D`: a Mixture-of-Experts drop-in for `keras.layers.Conv2D`."""
 
 import keras
-from keras import activations
-from keras import constraints
-from keras import initializers
 from keras import ops
-from keras import regularizers
 from keras.src.backend.config import standardize_data_format
 from keras.src.ops.operation_utils import compute_conv_output_shape
 from keras.src.utils.argument_validation import standardize_tuple
@@ -13,7 +9,6 @@ from keras.src.utils.argument_validation import standardize_tuple
 from moe_keras import routing as routing_lib
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
-from moe_keras.layers.moe_layer import expert_initializer
 from moe_keras.layers.moe_layer import reshape_like
 
 ROUTING_MODES = ("sample", "pixel")
@@ -63,14 +58,12 @@ class MoEConv2D(MoELayer):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         dilation_rate: int or tuple of 2 ints.
-        activation: activation applied to the layer output.
-        use_bias: whether experts have biases.
         dispatch: `"auto"`, `"dense"` or `"sparse"` (see above).
-        kernel_initializer, bias_initializer, kernel_regularizer,
-        bias_regularizer, kernel_constraint, bias_constraint: as in Conv2D,
-            per expert (variance-scaling initializers use one expert's fans).
-        **kwargs: routing and balancing arguments of `MoELayer` and base
-            `Layer` arguments.
+        **kwargs: the expert-weight arguments of `MoELayer` (`activation`,
+            `use_bias`, `kernel_initializer`, `bias_initializer`,
+            `kernel_regularizer`, `bias_regularizer`, `kernel_constraint`,
+            `bias_constraint`, as in `Conv2D`, per expert), its routing and
+            balancing arguments, and base `Layer` arguments.
 
     Input shape:
         4D tensor `(batch, rows, cols, channels)` (channels_last) or
@@ -101,15 +94,7 @@ class MoEConv2D(MoELayer):
         padding="valid",
         data_format=None,
         dilation_rate=(1, 1),
-        activation=None,
-        use_bias=True,
         dispatch="auto",
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(num_experts=num_experts, top_k=top_k, **kwargs)
@@ -151,15 +136,7 @@ class MoEConv2D(MoELayer):
                 f"in Conv2D. Received: strides={self.strides}, "
                 f"dilation_rate={self.dilation_rate}"
             )
-        self.activation = activations.get(activation)
-        self.use_bias = use_bias
         self.dispatch = dispatch
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=4)
 
     @property
@@ -191,24 +168,9 @@ class MoEConv2D(MoELayer):
         )
 
     def _add_experts(self, prefix, count, channels):
-        weights = {
-            "kernel": self.add_weight(
-                name=f"{prefix}_kernel",
-                shape=(count, *self.kernel_size, channels, self.filters),
-                initializer=expert_initializer(self.kernel_initializer, count),
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
-            )
-        }
-        if self.use_bias:
-            weights["bias"] = self.add_weight(
-                name=f"{prefix}_bias",
-                shape=(count, self.filters),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        return weights
+        return self.add_expert_weights(
+            prefix, count, (*self.kernel_size, channels, self.filters)
+        )
 
     def _conv(self, inputs, kernel):
         return ops.conv(
@@ -346,19 +308,7 @@ class MoEConv2D(MoELayer):
                 "padding": self.padding,
                 "data_format": self.data_format,
                 "dilation_rate": self.dilation_rate,
-                "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias,
                 "dispatch": self.dispatch,
-                "kernel_initializer": initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": constraints.serialize(self.kernel_constraint),
-                "bias_constraint": constraints.serialize(self.bias_constraint),
             }
         )
         return config

@@ -2,16 +2,12 @@
 
 import keras
 from keras import activations
-from keras import constraints
-from keras import initializers
 from keras import ops
-from keras import regularizers
 
 from moe_keras import dispatch as dispatch_lib
 from moe_keras import routing
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
-from moe_keras.layers.moe_layer import expert_initializer
 from moe_keras.layers.moe_layer import reshape_like
 
 DISPATCH_MODES = ("auto", "dense", "sparse")
@@ -48,8 +44,6 @@ class MoEDense(MoELayer):
             two-layer MLP experts.
         expert_activation: activation of the MLP experts' hidden layer.
         num_shared_experts: always-active experts added to the mixture.
-        activation: activation applied to the layer output.
-        use_bias: whether experts have biases.
         capacity_factor: `None` for dropless routing; a number caps every
             expert at `ceil(capacity_factor * tokens * k / n)` token slots per
             batch (first choices placed first). A dropped slot contributes
@@ -60,16 +54,13 @@ class MoEDense(MoELayer):
             tokens into capacity-sized buffers (compute independent of `n`);
             `"auto"` picks sparse when a capacity factor makes buffers at
             most half the batch. Both give the same output.
-        kernel_initializer: initializer of expert kernels (variance-scaling
-            initializers are corrected to each expert's own fans).
-        bias_initializer: initializer of expert biases.
-        kernel_regularizer: regularizer of expert kernels.
-        bias_regularizer: regularizer of expert biases.
-        kernel_constraint: constraint on expert kernels.
-        bias_constraint: constraint on expert biases.
-        **kwargs: routing and balancing arguments of `MoELayer`
-            (`normalize_top_k`, `router_noise`, `noise_std`,
-            `switch_loss_weight`, `importance_loss_weight`,
+        **kwargs: the expert-weight arguments of `MoELayer` (`activation`
+            of the layer output, `use_bias`, `kernel_initializer`,
+            `bias_initializer`, `kernel_regularizer`, `bias_regularizer`,
+            `kernel_constraint`, `bias_constraint`, as in `Dense`; variance-
+            scaling initializers use one expert's fans), its routing and
+            balancing arguments (`normalize_top_k`, `router_noise`,
+            `noise_std`, `switch_loss_weight`, `importance_loss_weight`,
             `diversity_loss_weight`, `overflow_loss_weight`, `z_loss_weight`,
             `bias_update_rate`, `router_initializer`, `router_regularizer`,
             `seed`) and base `Layer` arguments (`name`, `dtype`, ...).
@@ -98,16 +89,8 @@ class MoEDense(MoELayer):
         expert_hidden=None,
         expert_activation="relu",
         num_shared_experts=0,
-        activation=None,
-        use_bias=True,
         capacity_factor=None,
         dispatch="auto",
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(num_experts=num_experts, top_k=top_k, **kwargs)
@@ -134,16 +117,8 @@ class MoEDense(MoELayer):
         self.expert_hidden = expert_hidden
         self.expert_activation = activations.get(expert_activation)
         self.num_shared_experts = num_shared_experts
-        self.activation = activations.get(activation)
-        self.use_bias = use_bias
         self.capacity_factor = capacity_factor
         self.dispatch = dispatch
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
 
@@ -181,29 +156,16 @@ class MoEDense(MoELayer):
 
     def _add_experts(self, prefix, count, input_dim):
         """Creates the stacked weights of `count` experts, as a dict."""
-        sizes = [input_dim, self.units]
-        if self.expert_hidden is not None:
-            sizes = [input_dim, self.expert_hidden, self.units]
-        names = ["kernel"] if len(sizes) == 2 else ["hidden_kernel", "kernel"]
-        weights = {}
-        for name, fan_in, fan_out in zip(names, sizes[:-1], sizes[1:]):
-            weights[name] = self.add_weight(
-                name=f"{prefix}_{name}",
-                shape=(count, fan_in, fan_out),
-                initializer=expert_initializer(self.kernel_initializer, count),
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
-            )
-            if self.use_bias:
-                bias_name = name.replace("kernel", "bias")
-                weights[bias_name] = self.add_weight(
-                    name=f"{prefix}_{bias_name}",
-                    shape=(count, fan_out),
-                    initializer=self.bias_initializer,
-                    regularizer=self.bias_regularizer,
-                    constraint=self.bias_constraint,
-                )
-        return weights
+        if self.expert_hidden is None:
+            return self.add_expert_weights(prefix, count, (input_dim, self.units))
+        return {
+            **self.add_expert_weights(
+                prefix, count, (input_dim, self.expert_hidden), name="hidden_kernel"
+            ),
+            **self.add_expert_weights(
+                prefix, count, (self.expert_hidden, self.units)
+            ),
+        }
 
     def _run_experts(self, weights, x):
         """Runs stacked experts: `(T, d)` shared or `(e, T, d)` per-expert input.
@@ -282,20 +244,8 @@ class MoEDense(MoELayer):
                 "expert_hidden": self.expert_hidden,
                 "expert_activation": activations.serialize(self.expert_activation),
                 "num_shared_experts": self.num_shared_experts,
-                "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias,
                 "capacity_factor": self.capacity_factor,
                 "dispatch": self.dispatch,
-                "kernel_initializer": initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": constraints.serialize(self.kernel_constraint),
-                "bias_constraint": constraints.serialize(self.bias_constraint),
             }
         )
         return config

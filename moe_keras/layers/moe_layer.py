@@ -9,6 +9,8 @@ Everything about *which* expert a token goes to lives here, once.
 from typing import NamedTuple
 
 import keras
+from keras import activations
+from keras import constraints
 from keras import initializers
 from keras import ops
 from keras import regularizers
@@ -116,6 +118,15 @@ class MoELayer(keras.layers.Layer):
         router_initializer: initializer of the router kernel.
         router_regularizer: regularizer of the router kernel.
         seed: seed of the router noise.
+        activation: activation applied to the layer output.
+        use_bias: whether experts have biases.
+        kernel_initializer: initializer of expert kernels (variance-scaling
+            initializers are corrected to each expert's own fans).
+        bias_initializer: initializer of expert biases.
+        kernel_regularizer: regularizer of expert kernels.
+        bias_regularizer: regularizer of expert biases.
+        kernel_constraint: constraint on expert kernels.
+        bias_constraint: constraint on expert biases.
     """
 
     def __init__(
@@ -134,6 +145,14 @@ class MoELayer(keras.layers.Layer):
         router_initializer="glorot_uniform",
         router_regularizer=None,
         seed=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -178,6 +197,14 @@ class MoELayer(keras.layers.Layer):
         self.router_initializer = initializers.get(router_initializer)
         self.router_regularizer = regularizers.get(router_regularizer)
         self.seed = seed
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
         # Only layers that draw noise own a generator: unseeded random ops
         # fail under JAX tracing, and a seeded generator is jit-safe.
         if router_noise is not None:
@@ -246,6 +273,33 @@ class MoELayer(keras.layers.Layer):
             dtype="float32",
             autocast=False,
         )
+
+    def add_expert_weights(self, prefix, count, kernel_shape, name="kernel"):
+        """Adds the stacked `(count, *kernel_shape)` kernels of `count` experts
+        and, with `use_bias`, their `(count, kernel_shape[-1])` biases.
+
+        Returns:
+            A dict `{name: kernel, name-with-bias: bias}`.
+        """
+        weights = {
+            name: self.add_weight(
+                name=f"{prefix}_{name}",
+                shape=(count, *kernel_shape),
+                initializer=expert_initializer(self.kernel_initializer, count),
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+        }
+        if self.use_bias:
+            bias_name = name.replace("kernel", "bias")
+            weights[bias_name] = self.add_weight(
+                name=f"{prefix}_{bias_name}",
+                shape=(count, kernel_shape[-1]),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        return weights
 
     # Routing ---------------------------------------------------------------
 
@@ -398,6 +452,18 @@ class MoELayer(keras.layers.Layer):
                     self.router_regularizer
                 ),
                 "seed": self.seed,
+                "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
             }
         )
         return config
