@@ -41,7 +41,13 @@ class MoEConv2D(MoELayer):
       * `"sparse"` (sample routing only): the selected experts' kernels are
         mixed per example and each example is convolved once (CondConv);
         the convolution cost does not grow with `n`.
-      * `"auto"`: sparse for sample routing, dense for pixel routing.
+      * `"auto"`: dense for pixel routing; for sample routing dense up to
+        16 experts and sparse above. The grouped convolution of the sparse
+        path is cheap forward, but its gradient is slow in XLA (measured
+        35-100x a plain Conv2D step on CPU, `benchmarks/README.md`), while
+        the dense path costs about `n` plain convolutions (and `n` times
+        the output memory). Pass `"sparse"` for inference or for many
+        experts.
 
     Routing is always dropless. Balancing losses, router noise and
     statistics work as in `MoEDense` (see `MoELayer`).
@@ -144,7 +150,13 @@ class MoEConv2D(MoELayer):
         """`"dense"` or `"sparse"`, resolving `dispatch="auto"`."""
         if self.dispatch != "auto":
             return self.dispatch
-        return "sparse" if self.routing == "sample" else "dense"
+        # Training cost: dense ~ n plain convs; sparse ~ a grouped conv whose
+        # XLA gradient measured 35-100x a plain conv (benchmarks/README.md),
+        # so dense wins until n is large. Above 16, dense's n-fold output
+        # memory is the bigger risk.
+        if self.routing == "sample" and self.num_experts > 16:
+            return "sparse"
+        return "dense"
 
     def _channel_axis(self):
         return -1 if self.data_format == "channels_last" else 1

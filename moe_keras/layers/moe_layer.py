@@ -254,13 +254,16 @@ class MoELayer(keras.layers.Layer):
                 autocast=False,
             )
         # Counts since the last `reset_routing_stats()`; the statistics are
-        # derived from them on the host (`routing_stats()`).
+        # derived from them on the host (`routing_stats()`). Under
+        # tf.distribute, Keras's `assign_add` is `assign(old + delta)`, so
+        # "sum" would add R copies of `old`; "mean" keeps `old + mean(delta)`,
+        # exact shares with counts per replica.
         self.expert_counts = self.add_weight(
             name="expert_counts",
             shape=(self.num_experts,),
             initializer="zeros",
             trainable=False,
-            aggregation="sum",
+            aggregation="mean",
             dtype="float32",
             autocast=False,
         )
@@ -269,7 +272,7 @@ class MoELayer(keras.layers.Layer):
             shape=(),
             initializer="zeros",
             trainable=False,
-            aggregation="sum",
+            aggregation="mean",
             dtype="float32",
             autocast=False,
         )

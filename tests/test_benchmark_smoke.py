@@ -1,0 +1,44 @@
+"""Smoke test of `benchmarks/bench_moe.py`: it runs and writes its JSON."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_bench_moe_quick_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.setdefault("KERAS_BACKEND", "jax")
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_moe.py"), "--quick",
+         "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    result = json.loads(out.read_text())
+
+    machine = result["machine"]
+    for key in ("platform", "cpu_count", "backend", "keras", "tensorflow",
+                "jax", "device"):
+        assert key in machine
+    assert machine["backend"] == env["KERAS_BACKEND"]
+
+    rows = {(r["layer"], r["dispatch"], r["n"], r["k"]): r for r in result["rows"]}
+    expected = {
+        ("Dense", "baseline", None, 1),
+        ("MoEDense", "dense", 8, 1),
+        ("MoEDense", "sparse", 8, 1),
+        ("Conv2D", "baseline", None, None),
+        ("MoEConv2D", "dense", 4, 1),
+        ("MoEConv2D", "sparse", 4, 1),
+    }
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert row["ms"] > 0, key
+        if key[1] != "baseline":
+            assert row["vs_baseline"] > 0, key
+    assert rows[("MoEDense", "sparse", 8, 1)]["vs_n8"] == 1.0
