@@ -42,9 +42,11 @@ gradients all-reduced)::
         model.compile(...)
     model.fit(dataset)  # global batch, split across the replicas
 
-The routing counters (`expert_counts`, `dropped_slots`) are created with
-`aggregation="sum"` and the loss-free balancing bias with
-`aggregation="mean"`, so the replicas' updates combine into one value.
+The routing counters (`expert_counts`, `dropped_slots`) and the loss-free
+balancing bias are created with `aggregation="mean"`, so the replicas'
+updates combine into one value: the counters then hold counts per replica
+(the expert shares, entropy and load ratios are exact), and the bias is the
+mean of the replicas' updated biases.
 """
 
 import math
