@@ -68,18 +68,19 @@ def _train_parser():
     balance.add_argument("--diversity-loss", type=float, default=0.0)
     balance.add_argument("--overflow-loss", type=float, default=0.0)
     balance.add_argument("--z-loss", type=float, default=0.0)
-    balance.add_argument("--bias-rate", type=float, default=0.0, help="DeepSeek-V3 loss-free balancing rate")
+    balance.add_argument("--bias-rate", type=float, default=1e-3, help="DeepSeek-V3 loss-free balancing rate (default 1e-3; 0 turns it off)")
     balance.add_argument("--capacity-factor", type=float, default=None, help="expert capacity (default: dropless)")
     balance.add_argument("--router-noise", choices=("gaussian", "learned"), default=None)
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=30)
-    training.add_argument("--batch-size", type=int, default=128)
-    training.add_argument("--lr", type=float, default=2e-3)
+    training.add_argument("--batch-size", type=int, default=64)
+    training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule (Adam)")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--validation-fraction", type=float, default=0.1)
-    training.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
+    training.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs); the best epoch's weights are kept")
     training.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU); routers stay float32")
     training.add_argument("--jit", action="store_true", help="XLA-compile the train step")
+    training.add_argument("--distribute", choices=("data", "experts"), help="data parallelism (MirroredStrategy on TF, DataParallel on JAX) or expert parallelism (JAX keras.distribution)")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
     io_group = parser.add_argument_group("data and outputs")
     io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
@@ -133,6 +134,7 @@ def _configs_from_args(args):
         patience=args.patience,
         mixed_precision=args.mixed_precision,
         jit_compile=True if args.jit else "auto",
+        distribute=args.distribute,
         verbose=0 if args.quiet else 1,
     )
     return model_config, train_config

@@ -1,6 +1,8 @@
 """Training one digit-recognizer run: fit, predict, submission, run record, plots."""
 
+import contextlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -26,13 +28,14 @@ class TrainConfig:
     """How a model is trained (the model itself is a `ModelConfig`)."""
 
     epochs: int = 30
-    batch_size: int = 128
+    batch_size: int = 64
     learning_rate: float = 2e-3
     seed: int = 0
     validation_fraction: float = 0.1
-    patience: int = 8
+    patience: int = 10
     mixed_precision: bool = False
     jit_compile: bool | str = "auto"
+    distribute: str | None = None
     verbose: int = 1
 
 
@@ -105,9 +108,73 @@ def library_versions():
     return versions
 
 
-def _last(history, key):
-    values = history.get(key) or [float("nan")]
-    return float(values[-1])
+def distribution_scope(mode, model_config):
+    """The scope a model is built and trained in, for `--distribute`.
+
+    `"experts"`: expert parallelism through keras.distribution (JAX only):
+    MoE experts split over the devices, the batch over the rest. `"data"`:
+    `keras.distribution.DataParallel` on JAX, `tf.distribute.MirroredStrategy`
+    on TensorFlow. `None`: one device.
+    """
+    from moe_keras import distribution
+
+    if mode is None:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    if mode == "experts":
+        if backend != "jax":
+            raise ValueError(
+                "--distribute experts needs KERAS_BACKEND=jax (keras.distribution "
+                f"model parallelism); the backend is {backend}."
+            )
+        if model_config.moe is None:
+            raise ValueError("--distribute experts needs an MoE model (--moe K,N).")
+        counts = [model_config.moe[1]]
+        if model_config.conv_moe is not None:
+            counts.append(model_config.conv_moe[1])
+        return distribution.expert_parallel(num_experts=math.gcd(*counts)).scope()
+    if mode == "data" and backend == "jax":
+        return distribution.data_parallel().scope()
+    if mode == "data" and backend == "tensorflow":
+        return distribution.mirrored_strategy().scope()
+    raise ValueError(f"--distribute {mode} is not supported on the {backend} backend.")
+
+
+def _fit(model_config, train_config, x_train, y_train, x_val, y_val):
+    """Builds, compiles and fits the model; returns it, its history and the
+    `ExpertUsage` callback that recorded the routing per epoch."""
+    model = build_model(model_config, seed=train_config.seed)
+    steps_per_epoch = -(-len(x_train) // train_config.batch_size)
+    # Cosine decay to zero over the planned epochs: on a few thousand images
+    # a plateau schedule reacts to validation noise (400 images) instead.
+    schedule = keras.optimizers.schedules.CosineDecay(
+        train_config.learning_rate, decay_steps=steps_per_epoch * train_config.epochs
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=train_config.jit_compile,
+    )
+    usage = ExpertUsage()
+    callbacks = [
+        usage,
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy",
+            patience=train_config.patience,
+            restore_best_weights=True,
+        ),
+    ]
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=train_config.epochs,
+        batch_size=train_config.batch_size,
+        callbacks=callbacks,
+        verbose=train_config.verbose,
+    ).history
+    return model, history, usage
 
 
 def train_run(model_config, train_config, source, submission_path, log=print):
@@ -137,34 +204,10 @@ def train_run(model_config, train_config, source, submission_path, log=print):
         images, labels, train_config.validation_fraction, train_config.seed
     )
 
-    model = build_model(model_config, seed=train_config.seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(train_config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=train_config.jit_compile,
-    )
-    usage = ExpertUsage()
-    callbacks = [
-        usage,
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, train_config.patience // 3)
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy",
-            patience=train_config.patience,
-            restore_best_weights=True,
-        ),
-    ]
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=train_config.epochs,
-        batch_size=train_config.batch_size,
-        callbacks=callbacks,
-        verbose=train_config.verbose,
-    ).history
+    with distribution_scope(train_config.distribute, model_config):
+        model, history, usage = _fit(
+            model_config, train_config, x_train, y_train, x_val, y_val
+        )
 
     verbose = train_config.verbose
     # Accuracy of the restored best weights, without augmentation or dropout.

@@ -136,3 +136,30 @@ def test_submit_failure_keeps_files_and_prints_retry_command(tmp_path, kaggle_se
     err = capsys.readouterr().err
     assert "kaggle competitions submit -c digit-recognizer -f" in err
     assert out.exists() and out.with_suffix(".json").exists()
+
+
+def test_distribute_data_runs_under_mirrored_strategy(tmp_path):
+    """One CPU replica is enough to build, train and predict in the scope."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("MirroredStrategy is the TensorFlow path")
+    source = write_tiny_competition(tmp_path / "data")
+    out = tmp_path / "run.csv"
+    code = cli.main(["--arch", "mlp", "--moe", "1,2", "--distribute", "data",
+                     "--data", str(source), "--out", str(out), *FAST])
+    assert code == 0
+    assert json.loads(out.with_suffix(".json").read_text())["train_config"]["distribute"] == "data"
+
+
+def test_distribute_experts_needs_jax(tmp_path, capsys):
+    import keras
+
+    if keras.backend.backend() == "jax":
+        pytest.skip("checks the message on other backends")
+    source = write_tiny_competition(tmp_path / "data")
+    code = cli.main(["--moe", "1,2", "--distribute", "experts", "--data", str(source),
+                     "--out", str(tmp_path / "x.csv"), *FAST])
+    assert code == 2
+    assert "KERAS_BACKEND=jax" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
