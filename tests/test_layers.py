@@ -188,18 +188,26 @@ def test_dense_and_sparse_dispatch_agree(hidden):
     # With a tight capacity both drop the same slots and still agree.
     for layer in (dense, sparse):
         layer.capacity_factor = 0.5
-    np.testing.assert_allclose(np_(sparse(x)), np_(dense(x)), rtol=1e-4, atol=1e-5)
+        layer.switch_loss_weight = 0.0
+    np.testing.assert_allclose(
+        np_(sparse(x, training=True)), np_(dense(x, training=True)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_dropped_tokens_only_get_the_shared_experts():
     x = np.ones((6, 3), "float32")  # identical tokens all pick the same expert
     layer = MoEDense(2, num_experts=3, capacity_factor=1.0, num_shared_experts=1, dispatch="sparse")
     layer.build(x.shape)
-    y = np_(layer(x))
+    y = np_(layer(x, training=True))
     shared = np_(ops.sum(layer._run_experts(layer.shared_experts, x), axis=0))
     # capacity = ceil(6 * 1 / 3) = 2: tokens 2..5 dropped.
     np.testing.assert_allclose(y[2:], shared[2:], rtol=1e-5)
     assert not np.allclose(y[:2], shared[:2])
+    assert layer.routing_stats()["dropped_fraction"] == pytest.approx(4 / 6)
+    # Inference is dropless unless eval_capacity_factor caps it too.
+    np.testing.assert_allclose(np_(layer(x)), np.tile(y[:1], (6, 1)), rtol=1e-5)
+    layer.eval_capacity_factor = 1.0
+    np.testing.assert_allclose(np_(layer(x)), y, rtol=1e-5)
 
 
 def test_conv_sparse_condconv_equals_dense_all_experts():

@@ -46,9 +46,12 @@ class MoEDense(MoELayer):
         num_shared_experts: always-active experts added to the mixture.
         capacity_factor: `None` for dropless routing; a number caps every
             expert at `ceil(capacity_factor * tokens * k / n)` token slots per
-            batch (first choices placed first). A dropped slot contributes
-            nothing: a token dropped by all its experts gets only the shared
-            experts' output.
+            training batch (first choices placed first). A dropped slot
+            contributes nothing: a token dropped by all its experts gets only
+            the shared experts' output.
+        eval_capacity_factor: the same cap at inference. `None` (default)
+            is dropless, so every prediction gets all its experts; Mesh
+            TensorFlow and Switch use a larger factor than in training (2.0).
         dispatch: `"dense"` runs every expert on every token (one einsum,
             fastest for small experts); `"sparse"` gathers each expert's
             tokens into capacity-sized buffers (compute independent of `n`);
@@ -90,6 +93,7 @@ class MoEDense(MoELayer):
         expert_activation="relu",
         num_shared_experts=0,
         capacity_factor=None,
+        eval_capacity_factor=None,
         dispatch="auto",
         **kwargs,
     ):
@@ -98,16 +102,19 @@ class MoEDense(MoELayer):
         if expert_hidden is not None:
             _positive_int(expert_hidden, "expert_hidden")
         _positive_int(num_shared_experts, "num_shared_experts", allow_zero=True)
-        if capacity_factor is not None and (
-            not isinstance(capacity_factor, (int, float))
-            or isinstance(capacity_factor, bool)
-            or capacity_factor <= 0
+        for name, factor in (
+            ("capacity_factor", capacity_factor),
+            ("eval_capacity_factor", eval_capacity_factor),
         ):
-            raise ValueError(
-                "Received an invalid value for `capacity_factor`, expected None "
-                "(dropless) or a positive number. "
-                f"Received: capacity_factor={capacity_factor!r}"
-            )
+            if factor is not None and (
+                not isinstance(factor, (int, float))
+                or isinstance(factor, bool)
+                or factor <= 0
+            ):
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected None "
+                    f"(dropless) or a positive number. Received: {name}={factor!r}"
+                )
         if dispatch not in DISPATCH_MODES:
             raise ValueError(
                 "Received an invalid value for `dispatch`, expected one of "
@@ -118,6 +125,7 @@ class MoEDense(MoELayer):
         self.expert_activation = activations.get(expert_activation)
         self.num_shared_experts = num_shared_experts
         self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
         self.dispatch = dispatch
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
@@ -186,13 +194,11 @@ class MoEDense(MoELayer):
 
     def call(self, inputs, training=False):
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
+        factor = self.capacity_factor if training else self.eval_capacity_factor
         capacity = None
-        if self.capacity_factor is not None or self.resolved_dispatch == "sparse":
+        if factor is not None or self.resolved_dispatch == "sparse":
             capacity = routing.expert_capacity(
-                ops.shape(tokens)[0],
-                self.num_experts,
-                self.top_k,
-                self.capacity_factor,
+                ops.shape(tokens)[0], self.num_experts, self.top_k, factor
             )
         result = self.route(tokens, training=training, capacity=capacity)
         if self.resolved_dispatch == "dense":
@@ -245,6 +251,7 @@ class MoEDense(MoELayer):
                 "expert_activation": activations.serialize(self.expert_activation),
                 "num_shared_experts": self.num_shared_experts,
                 "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
                 "dispatch": self.dispatch,
             }
         )
