@@ -1,0 +1,13 @@
+"""The MoE study (issue 5): collapse, balancing, experts, datasets,
+specialisation, and the gating diagnosis.
+
+`python -m pipelines.experiments <name> [--out DIR] [--seeds N] [--epochs N]
+[--dataset ...] [--quick]` trains each configuration under several seeds
+(stratified validation split for early stopping, separate test set for the
+reported number), writes per-seed and summary CSVs and PNG figures, and
+`report` gathers them into `reports/moe_study.md`.
+"""
+
+from pipelines.experiments.cli import main
+
+__all__ = ["main"]

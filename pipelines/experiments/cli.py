@@ -1,0 +1,96 @@
+"""Command line: `python -m pipelines.experiments <name> [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipelines.experiments import datasets as datasets_lib
+from pipelines.experiments import report as report_lib
+from pipelines.experiments import studies
+from pipelines.experiments.runner import TrainSettings
+
+NAMES = tuple(studies.EXPERIMENTS) + ("report", "all")
+RUN_LOG = "run_log.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.experiments",
+        description="MoE study: train, aggregate over seeds, plot, and write reports/moe_study.md.",
+    )
+    parser.add_argument("name", help=f"experiment: one of {', '.join(NAMES)} ('all' runs every one, then 'report')")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="CSVs, PNGs and the report (default: reports)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/experiments"),
+                        help="scratch outputs such as the digits CSV cache (default: runs/experiments)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default: 3)")
+    parser.add_argument("--epochs", type=int, default=15, help="maximum epochs (default: 15)")
+    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience on val loss (default: 3)")
+    parser.add_argument("--dataset", choices=datasets_lib.DATASET_NAMES, default="digits",
+                        help="dataset of collapse/balancing/experts/specialisation (default: digits)")
+    parser.add_argument("--data", type=Path, default=datasets_lib.DEFAULT_FASHION_DIR,
+                        help="folder of idx files for the 'fashion' dataset")
+    parser.add_argument("--cifar-dir", type=Path, default=datasets_lib.DEFAULT_CIFAR_DIR,
+                        help="Keras-cache cifar-10-batches-py folder")
+    parser.add_argument("--train-size", type=int, default=10_000, help="training subset of fashion/cifar10")
+    parser.add_argument("--test-size", type=int, default=2_000, help="test subset of fashion/cifar10")
+    parser.add_argument("--quick", action="store_true", help="smoke run: few hundred samples, 1 epoch, 1 seed")
+    return parser
+
+
+def context_from(args) -> studies.Context:
+    seeds, epochs = (1, 1) if args.quick else (args.seeds, args.epochs)
+    return studies.Context(
+        out=args.out,
+        runs=args.runs,
+        seeds=list(range(seeds)),
+        settings=TrainSettings(epochs=epochs, patience=args.patience, run_eagerly=args.quick),
+        dataset=args.dataset,
+        idx_dir=args.data,
+        cifar_dir=args.cifar_dir,
+        subset=(args.train_size, args.test_size),
+        quick=args.quick,
+    )
+
+
+def main(argv=None) -> int:
+    """Runs one experiment (or all, or the report); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.name not in NAMES:
+        print(f"error: unknown experiment {args.name!r}; choose one of: {', '.join(NAMES)}", file=sys.stderr)
+        return 2
+    if args.seeds < 1 or args.epochs < 1:
+        print("error: --seeds and --epochs must be at least 1", file=sys.stderr)
+        return 2
+    context = context_from(args)
+    names = list(studies.EXPERIMENTS) if args.name == "all" else [args.name]
+    for name in names:
+        if name == "report":
+            continue
+        started = time.perf_counter()
+        print(f"== {name} ==", flush=True)
+        studies.EXPERIMENTS[name](context)
+        _log_run(args.out, name, argv, time.perf_counter() - started, args.quick)
+    if args.name in ("report", "all"):
+        path = report_lib.write_report(args.out)
+        print(f"wrote {path}")
+    return 0
+
+
+def _log_run(out: Path, name: str, argv, seconds: float, quick: bool):
+    """Appends the command and its wall time to `<out>/run_log.csv` (for the report)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUN_LOG
+    new = not path.exists()
+    with open(path, "a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(["experiment", "command", "wall_seconds", "finished_utc", "quick"])
+        writer.writerow([name, "python -m pipelines.experiments " + shlex.join(argv), f"{seconds:.0f}",
+                         datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), quick])

@@ -1,0 +1,191 @@
+"""Training one configuration under several seeds, and aggregating results.
+
+One run = seeded stratified train/validation split of the training data,
+Adam training with early stopping on validation loss (best weights
+restored), then a single evaluation on the held-out test set. Model
+selection never sees the test set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+import pandas as pd
+
+from moe_keras.callbacks import ExpertUsage
+from pipelines import data
+from pipelines.experiments import models
+from pipelines.experiments.datasets import Dataset
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every run of an experiment."""
+
+    epochs: int = 15
+    patience: int = 3  # >= epochs: train all epochs, still restore the best
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.15
+    # Eager steps skip graph tracing, which dominates tiny --quick runs.
+    run_eagerly: bool = False
+
+
+@dataclass
+class Config:
+    """One model configuration: a label, a builder and columns for the CSV."""
+
+    label: str
+    build: Callable[[int, int], keras.Model]  # (features, seed) -> model
+    columns: dict = field(default_factory=dict)
+
+
+def baseline_config(**columns) -> Config:
+    return Config("baseline", models.build_baseline, {"model": "baseline", **columns})
+
+
+def moe_config(label: str, num_experts: int, top_k: int = 1, routing: dict | None = None,
+               standardize: bool = False, **columns) -> Config:
+    """A MoE config: `routing` goes to the layer (and the CSV), `columns` only to the CSV."""
+    routing = dict(routing or {})
+
+    def build(features, seed):
+        return models.build_moe(features, seed, num_experts, top_k, standardize, **routing)
+
+    return Config(label, build, {"model": "moe", "num_experts": num_experts, "top_k": top_k, **routing, **columns})
+
+
+def train_once(config: Config, dataset: Dataset, seed: int, settings: TrainSettings):
+    """Trains one seed of one config.
+
+    Returns:
+        `(row, history, model, validation)`: `row` a dict of every number of
+        the run, `history` the per-epoch logs (a DataFrame, routing
+        statistics included for MoE models), the trained model, and the
+        `(x_val, y_val)` split it was selected on.
+    """
+    x_train, y_train, x_val, y_val = data.train_validation_split(
+        dataset.x_train, dataset.y_train, settings.validation_fraction, seed=seed
+    )
+    model = config.build(dataset.features, seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        run_eagerly=settings.run_eagerly,
+    )
+    timer = _EpochTimer()
+    callbacks = [
+        timer,
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.patience, restore_best_weights=True
+        ),
+    ]
+    if config.columns.get("model") == "moe":
+        # First, so that its statistics are in the logs the others see.
+        callbacks.insert(0, ExpertUsage(per_expert_load=True))
+    fit = model.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val),
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    history = pd.DataFrame(fit.history)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    best = int(history["val_loss"].idxmin())
+    test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
+    total, active = models.param_counts(model)
+    row = {
+        "config": config.label,
+        **config.columns,
+        "dataset": dataset.name,
+        "seed": seed,
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "val_accuracy": float(history["val_accuracy"][best]),
+        "train_accuracy": float(history["accuracy"][best]),
+        "best_epoch": best + 1,
+        "epochs_run": len(history),
+        # The first epoch includes graph tracing; the median of the rest is
+        # the steady-state cost.
+        "epoch_seconds": float(np.median(timer.seconds[1:] or timer.seconds)),
+        "params_total": total,
+        "params_active": active,
+    }
+    row.update(_routing_columns(history, best))
+    return row, history, model, (x_val, y_val)
+
+
+def _routing_columns(history: pd.DataFrame, best: int) -> dict:
+    """Routing statistics of the last epoch trained and of the restored (best) one."""
+    prefix = models.MOE_LAYER_NAME + "_"
+    columns = {}
+    for key in [c for c in history.columns if c.startswith(prefix)]:
+        name = key[len(prefix):]
+        columns[f"final_{name}"] = float(history[key].iloc[-1])
+        columns[f"best_{name}"] = float(history[key][best])
+    return columns
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each training epoch (validation included)."""
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def run_configs(configs, dataset, seeds, settings, log=print, on_run=None):
+    """Trains every config under every seed, printing progress.
+
+    Args:
+        on_run: optional `f(config, seed, row, history, model, validation)`
+            called after each run (e.g. to keep per-epoch curves).
+
+    Returns:
+        DataFrame with one row per (config, seed).
+    """
+    rows = []
+    total = len(configs) * len(seeds)
+    for config in configs:
+        for seed in seeds:
+            keras.backend.clear_session()
+            started = time.perf_counter()
+            row, history, model, validation = train_once(config, dataset, seed, settings)
+            rows.append(row)
+            log(
+                f"[{len(rows)}/{total}] {dataset.name} {config.label} seed={seed}: "
+                f"test acc {row['test_accuracy']:.4f}, val acc {row['val_accuracy']:.4f}, "
+                f"{row['epochs_run']} epochs, {time.perf_counter() - started:.1f}s"
+            )
+            if on_run is not None:
+                on_run(config, seed, row, history, model, validation)
+    return pd.DataFrame(rows)
+
+
+def aggregate(frame: pd.DataFrame, by, values) -> pd.DataFrame:
+    """Mean, sample std (ddof=1; 0 for one seed) and seed count per group.
+
+    Columns come out as `<value>_mean`, `<value>_std`, plus `seeds`; groups
+    keep their first-appearance order.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    values = [v for v in values if v in frame.columns]
+    grouped = frame.groupby(by, sort=False, dropna=False)
+    means = grouped[values].mean().add_suffix("_mean")
+    stds = grouped[values].std(ddof=1).fillna(0.0).add_suffix("_std")
+    out = means.join(stds)
+    out["seeds"] = grouped.size()
+    ordered = [c for v in values for c in (f"{v}_mean", f"{v}_std")] + ["seeds"]
+    return out[ordered].reset_index()
