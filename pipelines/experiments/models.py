@@ -68,15 +68,3 @@ def build_moe(features: int, seed: int, num_experts: int, top_k: int = 1, standa
     )(hidden)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax")(hidden)
     return keras.Model(inputs, outputs, name=f"moe_n{num_experts}_k{top_k}")
-
-
-def param_counts(model: keras.Model) -> tuple[int, int]:
-    """(total trainable parameters, parameters one input actually uses)."""
-    total = int(sum(keras.ops.size(w) for w in model.trainable_weights))
-    active = 0
-    for layer in model.layers:
-        if hasattr(layer, "count_params_per_token"):
-            active += layer.count_params_per_token()
-        else:
-            active += int(sum(keras.ops.size(w) for w in layer.trainable_weights))
-    return total, active

@@ -19,6 +19,7 @@ import pandas as pd
 from moe_keras.callbacks import ExpertUsage
 from pipelines import data
 from pipelines.experiments import models
+from pipelines.models import count_parameters
 from pipelines.experiments.datasets import Dataset
 
 
@@ -100,7 +101,7 @@ def train_once(config: Config, dataset: Dataset, seed: int, settings: TrainSetti
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     best = int(history["val_loss"].idxmin())
     test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
-    total, active = models.param_counts(model)
+    total, active = count_parameters(model)
     row = {
         "config": config.label,
         **config.columns,
