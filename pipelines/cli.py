@@ -68,7 +68,7 @@ def _train_parser():
     balance.add_argument("--diversity-loss", type=float, default=0.0)
     balance.add_argument("--overflow-loss", type=float, default=0.0)
     balance.add_argument("--z-loss", type=float, default=0.0)
-    balance.add_argument("--bias-rate", type=float, default=1e-3, help="DeepSeek-V3 loss-free balancing rate (default 1e-3; 0 turns it off)")
+    balance.add_argument("--bias-rate", type=float, default=None, help="DeepSeek-V3 loss-free balancing rate (default: 1e-3 for K >= 2, off for K = 1; 0 turns it off)")
     balance.add_argument("--capacity-factor", type=float, default=None, help="expert capacity (default: dropless)")
     balance.add_argument("--router-noise", choices=("gaussian", "learned"), default=None)
     training = parser.add_argument_group("training")
