@@ -42,7 +42,8 @@ def summarize_counts(counts, dropped_slots=0.0):
     num_experts = len(counts)
     load = counts / total if total > 0 else np.zeros_like(counts)
     nonzero = load[load > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum())
+    # "+ 0.0" turns the -0.0 of a single busy expert into 0.0 for display.
+    entropy = float(-(nonzero * np.log(nonzero)).sum()) + 0.0
     return {
         "load": [float(v) for v in load],
         "entropy": entropy,
