@@ -241,35 +241,23 @@ class MoELayer(keras.layers.Layer):
                 dtype="float32",
                 autocast=False,
             )
+        # Non-trainable float32 state, updated inside `call` in training.
+        # Under tf.distribute every replica updates it from its own batch;
+        # "mean" aggregation keeps one value: for the counters (Keras's
+        # `assign_add` is `assign(old + delta)`, so "sum" would add R copies
+        # of `old`) `old + mean(delta)`, exact shares with counts per replica;
+        # for the bias, the mean of the replicas' stepped biases.
         if self.bias_update_rate > 0:
-            self.selection_bias = self.add_weight(
-                name="selection_bias",
-                shape=(self.num_experts,),
-                initializer="zeros",
-                trainable=False,
-                # Replicas (tf.distribute) each step the bias on their own
-                # batch; the mean of their new values is the shared bias.
-                aggregation="mean",
-                dtype="float32",
-                autocast=False,
-            )
+            self.selection_bias = self._add_state("selection_bias", (self.num_experts,))
         # Counts since the last `reset_routing_stats()`; the statistics are
-        # derived from them on the host (`routing_stats()`). Under
-        # tf.distribute, Keras's `assign_add` is `assign(old + delta)`, so
-        # "sum" would add R copies of `old`; "mean" keeps `old + mean(delta)`,
-        # exact shares with counts per replica.
-        self.expert_counts = self.add_weight(
-            name="expert_counts",
-            shape=(self.num_experts,),
-            initializer="zeros",
-            trainable=False,
-            aggregation="mean",
-            dtype="float32",
-            autocast=False,
-        )
-        self.dropped_slots = self.add_weight(
-            name="dropped_slots",
-            shape=(),
+        # derived from them on the host (`routing_stats()`).
+        self.expert_counts = self._add_state("expert_counts", (self.num_experts,))
+        self.dropped_slots = self._add_state("dropped_slots", ())
+
+    def _add_state(self, name, shape):
+        return self.add_weight(
+            name=name,
+            shape=shape,
             initializer="zeros",
             trainable=False,
             aggregation="mean",
