@@ -18,7 +18,6 @@ from moe_keras.callbacks import ExpertUsage
 from moe_keras.usage import moe_layers
 from moe_keras.usage import routing_counts
 from pipelines import data
-from pipelines.models import ModelConfig
 from pipelines.models import build_model
 from pipelines.models import count_parameters
 

@@ -10,7 +10,6 @@ import pytest
 
 from pipelines import cli
 from pipelines import data
-from pipelines.models import ModelConfig
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--quiet", "--patience", "1"]
 
@@ -90,7 +89,7 @@ def test_bad_arguments_exit_2(capsys):
 
 def test_grid_trains_each_config_once_and_resumes(tmp_path, monkeypatch, capsys):
     source = write_tiny_competition(tmp_path / "data")
-    monkeypatch.setattr(cli, "GRID", (ModelConfig(moe=(1, 2), hidden=4), ModelConfig(moe=None, hidden=64)))
+    monkeypatch.setattr(cli, "GRID", (((1, 2), 4), (None, 64)))
     out_dir = tmp_path / "grid"
     args = ["--grid", "--arch", "mlp", "--data", str(source), "--out", str(out_dir), *FAST]
     assert cli.main(args) == 0
@@ -163,3 +162,12 @@ def test_distribute_experts_needs_jax(tmp_path, capsys):
     assert code == 2
     assert "KERAS_BACKEND=jax" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_kaggle_only_commands_do_not_import_keras():
+    import subprocess
+    import sys
+
+    code = "import sys, pipelines.cli; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
