@@ -164,7 +164,6 @@ def accuracy_by_dataset(summary: pd.DataFrame, path: Path):
     """Grouped bars: test accuracy per dataset and model."""
     datasets = list(dict.fromkeys(summary["dataset"]))
     configs = list(dict.fromkeys(summary["config"]))
-    width = 0.8 / len(configs)
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         rows = summary[summary["dataset"] == dataset].set_index("config").reindex(configs)
