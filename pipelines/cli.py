@@ -12,6 +12,7 @@ input or arguments (nothing written).
 import argparse
 import csv
 import io
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -116,6 +117,8 @@ def _configs_from_args(args):
     }
     if args.router_noise:
         routing["router_noise"] = args.router_noise
+    if args.capacity_factor is not None:
+        routing["capacity_factor"] = args.capacity_factor
     model_config = ModelConfig(
         arch=args.arch,
         moe=args.moe,
@@ -125,8 +128,6 @@ def _configs_from_args(args):
         augment=not args.no_augment,
         routing=routing,
     )
-    if args.capacity_factor is not None:
-        model_config.routing["capacity_factor"] = args.capacity_factor
     train_config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -177,6 +178,14 @@ def _submit_and_record(submission, record, message, wait, expected_rows):
     return result
 
 
+def _submit_run(args, model_config, train_config, submission, record_path):
+    """Uploads a run's submission, checked against its test.csv row count
+    (kept in the run record), and stores the score in the record."""
+    message = args.message or _describe(model_config, train_config)
+    test_rows = _load_record(record_path)["data"]["test_rows"]
+    return _submit_and_record(submission, record_path, message, args.wait, test_rows)
+
+
 def _run_single(args):
     from pipelines.train import train_run
 
@@ -184,17 +193,14 @@ def _run_single(args):
     source = _prepare_data(args.data)
     submission = args.out or SUBMISSIONS_DIR / f"{model_config.name}.csv"
     result = train_run(model_config, train_config, source, submission)
-    if args.submit:
-        message = args.message or _describe(model_config, train_config)
-        test_rows = data.validate_submission(result.submission)
-        if _submit_and_record(result.submission, result.record, message, args.wait, test_rows) is None:
-            return 1
+    if args.submit and _submit_run(
+        args, model_config, train_config, result.submission, result.record
+    ) is None:
+        return 1
     return 0
 
 
 def _load_record(path):
-    import json
-
     try:
         with open(path) as file:
             return json.load(file)
@@ -216,8 +222,6 @@ def _finished(record, model_config, train_config):
 
 
 def _jsonable(value):
-    import json
-
     return json.loads(json.dumps(value))
 
 
@@ -297,9 +301,7 @@ def _run_grid(args):
             train_run(model_config, train_config, source, submission)
             record = _load_record(record_path)
         if args.submit and not record.get("kaggle", {}).get("public_score"):
-            message = args.message or _describe(model_config, train_config)
-            rows = data.validate_submission(submission)
-            if _submit_and_record(submission, record_path, message, args.wait, rows) is None:
+            if _submit_run(args, model_config, train_config, submission, record_path) is None:
                 failures += 1
             record = _load_record(record_path)
         records.append(record)
