@@ -335,12 +335,13 @@ class MoELayer(keras.layers.Layer):
             )
         result = Routing(logits, probabilities, indices, weights, positions, keep)
         if training:
-            self._add_balancing_losses(result)
-            self._update_routing_state(result)
+            # One (T, n) selection mask serves the losses and the counters.
+            mask = routing.expert_mask(indices, self.num_experts)
+            self._add_balancing_losses(result, mask)
+            self._update_routing_state(result, mask)
         return result
 
-    def _add_balancing_losses(self, result):
-        mask = routing.expert_mask(result.expert_indices, self.num_experts)
+    def _add_balancing_losses(self, result, mask):
         probabilities = result.probabilities
         if self.switch_loss_weight > 0:
             self.add_loss(
@@ -370,8 +371,8 @@ class MoELayer(keras.layers.Layer):
         """Capacity the overflow loss measures against (1.0 when dropless)."""
         return 1.0
 
-    def _update_routing_state(self, result):
-        counts = routing.expert_token_counts(result.expert_indices, self.num_experts)
+    def _update_routing_state(self, result, mask):
+        counts = ops.sum(mask, axis=0)
         self.expert_counts.assign_add(counts)
         self.dropped_slots.assign_add(ops.sum(1.0 - result.keep))
         if self.bias_update_rate > 0:
