@@ -138,8 +138,8 @@ def resolve_routing(routing, top_k):
     is the expert's raw probability, and on a collapsed router the bias
     (growing by `rate` every step) eventually hands every token at once to
     experts whose probability is ~0: outputs near zero, and training broke
-    down in the measured MoE(1,5) run (train accuracy 0.95 -> 0.18 in one
-    epoch, see README).
+    down in the measured MoE(1,5) run (train accuracy 0.95 -> 0.18 within
+    two epochs, see README).
     """
     routing = dict(routing)
     if routing.get("bias_update_rate") is None:
