@@ -13,6 +13,10 @@ timed steps after warm-up:
   kernel per image, one grouped conv) and `dispatch="dense"` (all experts as
   one `n * filters`-wide conv), against a plain `Conv2D(filters)` (what a
   token actually runs under CondConv).
+* With `--pipeline`, the digit-recognizer pipeline's epoch time (its own
+  models, compile settings and batch size, on the embedded 5,000-digit
+  sample's 3,600 training images) for the baseline CNN (dense h64), the
+  equal-active dense h192 and MoE(3,5) h64.
 
 The backend is Keras' (`KERAS_BACKEND=jax|tensorflow|torch`, set it before
 running). Examples::
@@ -54,14 +58,21 @@ def parse_args(argv=None):
     parser.add_argument("--conv-experts", help="comma-separated conv n (4,8,16)")
     parser.add_argument("--no-conv", action="store_true", help="skip MoEConv2D")
     parser.add_argument("--no-dense", action="store_true", help="skip MoEDense")
+    parser.add_argument("--dense-max-experts", type=int,
+                        help="skip dispatch='dense' above this n (its cost is n times "
+                             "the active compute: 20 s a step at n=64 on 2 CPU cores)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also time the pipeline's epochs (baseline CNN vs MoE(3,5) h64)")
+    parser.add_argument("--pipeline-epochs", type=int,
+                        help="epochs per pipeline model; the first (compilation) is not counted (4)")
     args = parser.parse_args(argv)
     defaults = dict(tokens=8192, features=256, hidden=512, experts="4,8,16,32,64",
                     topk="1,2", steps=10, warmup=3, image_size=32, images=64,
-                    channels=64, conv_experts="4,8,16")
+                    channels=64, conv_experts="4,8,16", pipeline_epochs=4)
     if args.quick:
         defaults.update(tokens=256, features=16, hidden=32, experts="8",
                         topk="1", steps=2, warmup=1, image_size=8, images=8,
-                        channels=8, conv_experts="4")
+                        channels=8, conv_experts="4", pipeline_epochs=2)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -144,6 +155,9 @@ def dense_rows(keras, args):
             if k > n:
                 continue
             for dispatch in ("dense", "sparse"):
+                if (dispatch == "dense" and args.dense_max_experts
+                        and n > args.dense_max_experts):
+                    continue
                 keras.utils.set_random_seed(0)
                 layer = MoEDense(
                     args.features, num_experts=n, top_k=k,
@@ -193,6 +207,54 @@ def conv_rows(keras, args):
     return rows
 
 
+def pipeline_rows(keras, args):
+    """Epoch time of the digit-recognizer pipeline's models on the embedded
+    sample: the same `_fit` as `python -m pipelines.digit_recognizer`."""
+    import tempfile
+
+    from pipelines import data
+    from pipelines.models import ModelConfig
+    from pipelines.train import TrainConfig
+    from pipelines.train import _fit
+
+    with tempfile.TemporaryDirectory() as directory:
+        data.write_embedded_default(directory)
+        images, labels = data.read_train_csv(os.path.join(directory, "train.csv"))
+    x_train, y_train, x_val, y_val = data.train_validation_split(
+        images, labels, validation_fraction=0.1, seed=0)
+    if args.quick:
+        x_train, y_train, x_val, y_val = x_train[:256], y_train[:256], x_val[:64], y_val[:64]
+    models = [("cnn-dense-h64", ModelConfig(moe=None, hidden=64)),
+              ("cnn-dense-h192", ModelConfig(moe=None, hidden=192)),
+              ("cnn-moe3of5-h64", ModelConfig(moe=(3, 5), hidden=64))]
+    train_config = TrainConfig(epochs=args.pipeline_epochs, patience=args.pipeline_epochs,
+                               verbose=0)
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    rows = []
+    for name, model_config in models:
+        keras.utils.set_random_seed(0)
+        timer = EpochTimer()
+        _fit(model_config, train_config, x_train, y_train, x_val, y_val,
+             callbacks=[timer])
+        seconds = statistics.median(timer.seconds[1:])
+        rows.append(dict(layer="pipeline", dispatch=name,
+                         n=model_config.moe[1] if model_config.moe else None,
+                         k=model_config.moe[0] if model_config.moe else None,
+                         ms=1e3 * seconds, images=len(x_train)))
+        print_row(rows[-1])
+    return rows
+
+
 def print_row(row):
     n = "-" if row["n"] is None else row["n"]
     k = "-" if row["k"] is None else row["k"]
@@ -201,16 +263,20 @@ def print_row(row):
 
 
 def add_ratios(rows):
-    """Adds `vs_baseline` (time over the equal-active dense layer) and, for
-    sparse MoEDense, `vs_n8` (time over n=8 at the same k)."""
+    """Adds `vs_baseline` (time over the equal-active dense layer; for the
+    pipeline rows, over the baseline CNN) and `vs_n8` (time over n=8 with the
+    same layer, dispatch and k)."""
     base = {(r["layer"], r["k"]): r["ms"] for r in rows
             if r["dispatch"] == "baseline"}
+    base.update({("pipeline", None): r["ms"] for r in rows
+                 if r["dispatch"] == "cnn-dense-h64"})
     n8 = {(r["layer"], r["dispatch"], r["k"]): r["ms"] for r in rows
           if r["n"] == 8}
     for row in rows:
-        if row["dispatch"] == "baseline":
+        if row["dispatch"] in ("baseline", "cnn-dense-h64"):
             continue
-        key = ("Dense", row["k"]) if row["layer"] == "MoEDense" else ("Conv2D", None)
+        key = {"MoEDense": ("Dense", row["k"]), "MoEConv2D": ("Conv2D", None),
+               "pipeline": ("pipeline", None)}[row["layer"]]
         if key in base:
             row["vs_baseline"] = row["ms"] / base[key]
         ref = n8.get((row["layer"], row["dispatch"], row["k"]))
@@ -230,6 +296,8 @@ def main(argv=None):
         rows += dense_rows(keras, args)
     if not args.no_conv:
         rows += conv_rows(keras, args)
+    if args.pipeline:
+        rows += pipeline_rows(keras, args)
     add_ratios(rows)
     print("\nlayer      dispatch     n   k       ms  vs_base  vs_n8")
     for r in rows:
@@ -241,7 +309,7 @@ def main(argv=None):
         config = {name: getattr(args, name) for name in (
             "tokens", "features", "hidden", "experts", "topk", "steps",
             "warmup", "capacity_factor", "image_size", "images", "channels",
-            "conv_experts")}
+            "conv_experts", "dense_max_experts", "pipeline_epochs")}
         with open(args.json, "w") as f:
             json.dump({"machine": info, "config": config, "rows": rows}, f,
                       indent=1)

@@ -30,6 +30,30 @@ def router_probabilities(logits):
     return ops.softmax(ops.cast(logits, "float32"), axis=-1)
 
 
+def cosine_router_logits(features, kernel, temperature):
+    """Cosine-similarity router logits (X-MoE, Chi et al. 2022).
+
+    `logits[t, e] = cos(x_t, w_e) / temperature`: the logits are bounded by
+    `1 / temperature` whatever the scale of the features or of the kernel.
+    A dot-product router on wide, unnormalised features (a flattened conv
+    feature map) has no such bound: Adam moves every one of its `d` weights
+    by about the learning rate per step, the logits grow with `d` and the
+    softmax saturates within a few epochs, so a top-k mixture degenerates
+    to its first expert (see README, "Why the router saturated").
+
+    Args:
+        features: `(T, d)` float32 router features.
+        kernel: `(d, n)` float32 router kernel, one column per expert.
+        temperature: positive float.
+
+    Returns:
+        `(T, n)` float32 logits in `[-1 / temperature, 1 / temperature]`.
+    """
+    features = features / (ops.norm(features, axis=-1, keepdims=True) + 1e-6)
+    kernel = kernel / (ops.norm(kernel, axis=0, keepdims=True) + 1e-6)
+    return ops.matmul(features, kernel) / temperature
+
+
 def top_k_routing(probabilities, top_k, selection_bias=None, normalize=True):
     """Selects the top-k experts of every token and their mixing weights.
 

@@ -62,6 +62,7 @@ def _train_parser():
     model.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
     model.add_argument("--conv-moe", type=_pair, metavar="K,N", help="make the second conv block an MoEConv2D MoE(K,N)")
     model.add_argument("--no-augment", action="store_true", help="no rotation/shift/zoom augmentation")
+    model.add_argument("--hidden-dropout", type=float, default=0.0, help="dropout on the feature block's hidden layer: the experts' (MoE expert dropout) or the dense baseline's")
     balance = parser.add_argument_group("routing and balancing")
     balance.add_argument("--balance-loss", type=float, default=0.01, help="Switch load-balancing loss coefficient (default 0.01)")
     balance.add_argument("--importance-loss", type=float, default=0.0)
@@ -70,6 +71,8 @@ def _train_parser():
     balance.add_argument("--z-loss", type=float, default=0.0)
     balance.add_argument("--bias-rate", type=float, default=None, help="DeepSeek-V3 loss-free balancing rate (default: 1e-3 for K >= 2, off for K = 1; 0 turns it off)")
     balance.add_argument("--capacity-factor", type=float, default=None, help="expert capacity (default: dropless)")
+    balance.add_argument("--router", choices=("cosine", "linear"), default="cosine", help="router logits: cosine similarity / temperature (default; bounded, does not saturate on the wide conv features) or the plain linear x W")
+    balance.add_argument("--router-temperature", type=float, default=0.1, help="temperature of the cosine router (default 0.1)")
     balance.add_argument("--router-noise", choices=("gaussian", "learned"), default=None)
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=30)
@@ -114,6 +117,8 @@ def _configs_from_args(args):
         "overflow_loss_weight": args.overflow_loss,
         "z_loss_weight": args.z_loss,
         "bias_update_rate": args.bias_rate,
+        "router_type": args.router,
+        "router_temperature": args.router_temperature,
     }
     if args.router_noise:
         routing["router_noise"] = args.router_noise
@@ -126,6 +131,7 @@ def _configs_from_args(args):
         shared=args.shared,
         conv_moe=args.conv_moe,
         augment=not args.no_augment,
+        hidden_dropout=args.hidden_dropout,
         routing=routing,
     )
     train_config = TrainConfig(

@@ -139,9 +139,10 @@ def distribution_scope(mode, model_config):
     raise ValueError(f"--distribute {mode} is not supported on the {backend} backend.")
 
 
-def _fit(model_config, train_config, x_train, y_train, x_val, y_val):
+def _fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()):
     """Builds, compiles and fits the model; returns it, its history and the
-    `ExpertUsage` callback that recorded the routing per epoch."""
+    `ExpertUsage` callback that recorded the routing per epoch. `callbacks`
+    are added to the run's own (the benchmark times epochs with one)."""
     model = build_model(model_config, seed=train_config.seed)
     steps_per_epoch = -(-len(x_train) // train_config.batch_size)
     # Cosine decay to zero over the planned epochs: on a few thousand images
@@ -163,6 +164,7 @@ def _fit(model_config, train_config, x_train, y_train, x_val, y_val):
             patience=train_config.patience,
             restore_best_weights=True,
         ),
+        *callbacks,
     ]
     history = model.fit(
         x_train,

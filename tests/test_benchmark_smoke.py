@@ -15,7 +15,7 @@ def test_bench_moe_quick_writes_json(tmp_path):
     env.setdefault("KERAS_BACKEND", "jax")
     process = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_moe.py"), "--quick",
-         "--json", str(out)],
+         "--pipeline", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert process.returncode == 0, process.stderr[-4000:]
@@ -35,10 +35,13 @@ def test_bench_moe_quick_writes_json(tmp_path):
         ("Conv2D", "baseline", None, None),
         ("MoEConv2D", "dense", 4, 1),
         ("MoEConv2D", "sparse", 4, 1),
+        ("pipeline", "cnn-dense-h64", None, None),
+        ("pipeline", "cnn-dense-h192", None, None),
+        ("pipeline", "cnn-moe3of5-h64", 5, 3),
     }
     assert set(rows) == expected
     for key, row in rows.items():
         assert row["ms"] > 0, key
-        if key[1] != "baseline":
+        if key[1] not in ("baseline", "cnn-dense-h64"):
             assert row["vs_baseline"] > 0, key
     assert rows[("MoEDense", "sparse", 8, 1)]["vs_n8"] == 1.0

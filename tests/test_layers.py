@@ -66,6 +66,46 @@ class MoEDenseLayerTest(testing.TestCase):
             expected_num_losses=5,
         )
 
+    def test_expert_dropout(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={
+                "units": 5,
+                "num_experts": 4,
+                "top_k": 2,
+                "expert_hidden": 7,
+                "expert_dropout": 0.4,
+                "seed": 1,
+            },
+            input_shape=(8, 6),
+            call_kwargs={"training": True},
+            expected_output_shape=(8, 5),
+            expected_num_trainable_weights=5,
+            expected_num_non_trainable_weights=2,
+            # the dropout's generator (no router noise here)
+            expected_num_seed_generators=1,
+            expected_num_losses=1,
+        )
+
+    def test_cosine_router(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={
+                "units": 5,
+                "num_experts": 4,
+                "top_k": 2,
+                "router_type": "cosine",
+                "router_temperature": 0.2,
+            },
+            input_shape=(8, 6),
+            call_kwargs={"training": True},
+            expected_output_shape=(8, 5),
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=2,
+            expected_num_seed_generators=0,
+            expected_num_losses=1,
+        )
+
     def test_sparse_capacity(self):
         self.run_layer_test(
             MoEDense,
@@ -253,11 +293,60 @@ def test_conv_channels_first_matches_channels_last():
         ({"units": 2, "num_experts": 2, "router_noise": "uniform"}, "router_noise"),
         ({"units": 2, "num_experts": 2, "switch_loss_weight": -1}, "switch_loss_weight"),
         ({"units": 2, "num_experts": 2, "num_shared_experts": -1}, "num_shared_experts"),
+        ({"units": 2, "num_experts": 2, "expert_hidden": 4, "expert_dropout": 1.0}, "expert_dropout"),
+        ({"units": 2, "num_experts": 2, "expert_dropout": 0.5}, "expert_hidden"),
+        ({"units": 2, "num_experts": 2, "router_type": "sigmoid"}, "router_type"),
+        ({"units": 2, "num_experts": 2, "router_temperature": 0}, "router_temperature"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MoEDense(**kwargs)
+
+
+@pytest.mark.parametrize("dispatch", ["dense", "sparse"])
+def test_expert_dropout_drops_hidden_units_only_in_training(dispatch):
+    layer = MoEDense(
+        3, num_experts=4, top_k=2, expert_hidden=64, expert_dropout=0.5,
+        num_shared_experts=1, capacity_factor=2.0, dispatch=dispatch, seed=0,
+    )
+    reference = MoEDense(
+        3, num_experts=4, top_k=2, expert_hidden=64, num_shared_experts=1,
+        capacity_factor=2.0, dispatch=dispatch, seed=0,
+    )
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    layer.build(x.shape)
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    # Inference ignores the rate; training draws a fresh mask every call.
+    np.testing.assert_allclose(np_(layer(x)), np_(reference(x)), rtol=1e-5, atol=1e-6)
+    first = np_(layer(x, training=True))
+    second = np_(layer(x, training=True))
+    assert not np.allclose(first, second)
+    assert not np.allclose(first, np_(reference(x, training=True)))
+    # Inverted dropout keeps the expected output: the mean over many masks
+    # approaches the undropped output.
+    mean = np.mean([np_(layer(x, training=True)) for _ in range(200)], axis=0)
+    undropped = np_(reference(x, training=True))
+    assert np.abs(mean - undropped).mean() < 0.1 * np.abs(undropped).mean()
+
+
+@pytest.mark.parametrize("layer_class", ["dense", "conv"])
+def test_cosine_router_logits_stay_bounded_when_inputs_grow(layer_class):
+    if layer_class == "dense":
+        layer = MoEDense(4, num_experts=3, top_k=2, use_bias=False, router_type="cosine", router_temperature=0.25)
+        x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    else:
+        layer = MoEConv2D(4, 3, num_experts=3, top_k=2, use_bias=False, router_type="cosine", router_temperature=0.25)
+        x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    small = np_(layer(x))
+    # The routing of x and 1000 x is the same: only the experts' outputs scale.
+    np.testing.assert_allclose(np_(layer(1000 * x)), 1000 * small, rtol=1e-3, atol=1e-3)
+    features = np.random.default_rng(1).normal(size=(16, layer.router_kernel.shape[0]))
+    logits = np_(layer.router_logits(1e4 * features.astype("float32")))
+    assert np.abs(logits).max() <= 4.0 + 1e-4
+    restored = type(layer).from_config(layer.get_config())
+    assert restored.router_type == "cosine" and restored.router_temperature == 0.25
 
 
 def test_conv_rejects_sparse_pixel_routing():

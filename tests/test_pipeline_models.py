@@ -78,3 +78,21 @@ def test_loss_free_bias_defaults_on_for_k_above_one_only():
     model = build_model(ModelConfig(moe=(1, 5), conv_moe=(2, 4)))
     assert model.get_layer("moe").bias_update_rate == 0.0
     assert model.get_layer("moe_conv2").bias_update_rate == 1e-3
+
+
+def test_pipeline_routes_with_the_cosine_router_unless_told_otherwise():
+    model = build_model(ModelConfig(moe=(3, 5), conv_moe=(2, 4)))
+    assert model.get_layer("moe").router_type == "cosine"
+    assert model.get_layer("moe_conv2").router_type == "cosine"
+    linear = build_model(ModelConfig(moe=(3, 5), routing={"router_type": "linear"}))
+    assert linear.get_layer("moe").router_type == "linear"
+
+
+def test_hidden_dropout_reaches_experts_and_dense_baseline():
+    moe = build_model(ModelConfig(moe=(3, 5), hidden_dropout=0.3))
+    assert moe.get_layer("moe").expert_dropout == 0.3
+    dense = build_model(ModelConfig(moe=None, hidden=192, hidden_dropout=0.3))
+    assert dense.get_layer("dropout_hidden").rate == 0.3
+    assert ModelConfig(moe=None, hidden_dropout=0.3).name == "cnn-dense-h64-hdrop0.3"
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        ModelConfig(hidden_dropout=1.0)

@@ -78,3 +78,20 @@ def test_combine_weights_zero_for_dropped_slots():
 def test_expert_token_counts():
     indices = np.array([[0, 1], [0, 2], [0, 1]], dtype="int32")
     np.testing.assert_array_equal(np_(routing.expert_token_counts(indices, 4)), [3, 2, 1, 0])
+
+
+def test_cosine_router_logits_match_numpy_and_are_bounded():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 5)).astype("float32")
+    kernel = rng.normal(size=(5, 3)).astype("float32")
+    logits = np_(routing.cosine_router_logits(features, kernel, 0.1))
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    w = kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
+    np.testing.assert_allclose(logits, x @ w / 0.1, rtol=1e-4, atol=1e-4)
+    assert np.abs(logits).max() <= 10.0 + 1e-4
+    # Scaling features or kernel (what Adam does to a linear router's
+    # logits) leaves the cosine logits unchanged.
+    scaled = np_(routing.cosine_router_logits(100 * features, 7 * kernel, 0.1))
+    np.testing.assert_allclose(scaled, logits, rtol=1e-4, atol=1e-4)
+    aligned = np_(routing.cosine_router_logits(kernel.T, kernel, 0.5))
+    np.testing.assert_allclose(np.diag(aligned), 2.0, rtol=1e-4)

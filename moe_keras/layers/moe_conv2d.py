@@ -29,7 +29,7 @@ class MoEConv2D(MoELayer):
 
     Routing:
       * `routing="sample"`: a whole image goes to its top-k experts, chosen by
-        a linear router on its globally average-pooled input features.
+        a router (`router_type`) on its globally average-pooled input features.
       * `routing="pixel"`: every output position is routed on its own, by a
         1x1-conv router applied to the mean of that position's receptive
         field, so the routing grid matches the output grid for any

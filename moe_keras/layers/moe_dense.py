@@ -43,6 +43,9 @@ class MoEDense(MoELayer):
         expert_hidden: `None` for linear experts, or the hidden size of
             two-layer MLP experts.
         expert_activation: activation of the MLP experts' hidden layer.
+        expert_dropout: dropout rate on the MLP experts' hidden activations
+            in training (Switch Transformer's "expert dropout", which helped
+            its fine-tuning on small datasets); needs `expert_hidden`.
         num_shared_experts: always-active experts added to the mixture.
         capacity_factor: `None` for dropless routing; a number caps every
             expert at `ceil(capacity_factor * tokens * k / n)` token slots per
@@ -65,7 +68,8 @@ class MoEDense(MoELayer):
             balancing arguments (`normalize_top_k`, `router_noise`,
             `noise_std`, `switch_loss_weight`, `importance_loss_weight`,
             `diversity_loss_weight`, `overflow_loss_weight`, `z_loss_weight`,
-            `bias_update_rate`, `router_initializer`, `router_regularizer`,
+            `bias_update_rate`, `router_type`, `router_temperature`,
+            `router_initializer`, `router_regularizer`,
             `seed`) and base `Layer` arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -91,6 +95,7 @@ class MoEDense(MoELayer):
         top_k=1,
         expert_hidden=None,
         expert_activation="relu",
+        expert_dropout=0.0,
         num_shared_experts=0,
         capacity_factor=None,
         eval_capacity_factor=None,
@@ -102,6 +107,21 @@ class MoEDense(MoELayer):
         if expert_hidden is not None:
             _positive_int(expert_hidden, "expert_hidden")
         _positive_int(num_shared_experts, "num_shared_experts", allow_zero=True)
+        if (
+            not isinstance(expert_dropout, (int, float))
+            or isinstance(expert_dropout, bool)
+            or not 0 <= expert_dropout < 1
+        ):
+            raise ValueError(
+                "Received an invalid value for `expert_dropout`, expected a "
+                f"rate in [0, 1). Received: expert_dropout={expert_dropout!r}"
+            )
+        if expert_dropout and expert_hidden is None:
+            raise ValueError(
+                "`expert_dropout` drops the experts' hidden activations and "
+                "needs MLP experts: set `expert_hidden`. Received: "
+                f"expert_dropout={expert_dropout}, expert_hidden=None"
+            )
         for name, factor in (
             ("capacity_factor", capacity_factor),
             ("eval_capacity_factor", eval_capacity_factor),
@@ -123,6 +143,11 @@ class MoEDense(MoELayer):
         self.units = units
         self.expert_hidden = expert_hidden
         self.expert_activation = activations.get(expert_activation)
+        self.expert_dropout = expert_dropout
+        if expert_dropout:
+            self.dropout_seed_generator = keras.random.SeedGenerator(
+                None if self.seed is None else self.seed + 1
+            )
         self.num_shared_experts = num_shared_experts
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
@@ -175,7 +200,7 @@ class MoEDense(MoELayer):
             ),
         }
 
-    def _run_experts(self, weights, x):
+    def _run_experts(self, weights, x, training=False):
         """Runs stacked experts: `(T, d)` shared or `(e, T, d)` per-expert input.
 
         Returns `(e, T, units)`.
@@ -186,6 +211,10 @@ class MoEDense(MoELayer):
             if self.use_bias:
                 x = x + weights["hidden_bias"][:, None, :]
             x = self.expert_activation(x)
+            if training and self.expert_dropout:
+                x = keras.random.dropout(
+                    x, self.expert_dropout, seed=self.dropout_seed_generator
+                )
             equation = "etd,edh->eth"
         y = ops.einsum(equation, x, weights["kernel"])
         if self.use_bias:
@@ -209,7 +238,7 @@ class MoEDense(MoELayer):
                 result.keep,
             )
             outputs = dispatch_lib.dense_combine(
-                self._run_experts(self.experts, tokens), combine
+                self._run_experts(self.experts, tokens, training), combine
             )
         else:
             token_table, slot_ids = dispatch_lib.sparse_dispatch_plan(
@@ -221,13 +250,13 @@ class MoEDense(MoELayer):
             )
             buffers = dispatch_lib.gather_tokens(tokens, token_table)
             outputs = dispatch_lib.combine_slots(
-                self._run_experts(self.experts, buffers),
+                self._run_experts(self.experts, buffers, training),
                 slot_ids,
                 result.expert_weights,
                 result.keep,
             )
         if self.shared_experts is not None:
-            shared = self._run_experts(self.shared_experts, tokens)
+            shared = self._run_experts(self.shared_experts, tokens, training)
             outputs = outputs + ops.sum(shared, axis=0)
         if self.activation is not None:
             outputs = self.activation(outputs)
@@ -249,6 +278,7 @@ class MoEDense(MoELayer):
                 "units": self.units,
                 "expert_hidden": self.expert_hidden,
                 "expert_activation": activations.serialize(self.expert_activation),
+                "expert_dropout": self.expert_dropout,
                 "num_shared_experts": self.num_shared_experts,
                 "capacity_factor": self.capacity_factor,
                 "eval_capacity_factor": self.eval_capacity_factor,

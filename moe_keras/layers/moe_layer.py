@@ -19,6 +19,7 @@ from moe_keras import losses
 from moe_keras import routing
 
 ROUTER_NOISE_TYPES = (None, "gaussian", "learned")
+ROUTER_TYPES = ("linear", "cosine")
 
 
 class Routing(NamedTuple):
@@ -115,6 +116,11 @@ class MoELayer(keras.layers.Layer):
         overflow_loss_weight: coefficient of the over-capacity loss.
         z_loss_weight: coefficient of the router z-loss.
         bias_update_rate: DeepSeek-V3 loss-free balancing rate; 0 disables it.
+        router_type: `"linear"` (logits `x W_r`, the usual router) or
+            `"cosine"` (logits `cos(x, w_e) / router_temperature`, X-MoE):
+            bounded logits that do not saturate the softmax when the
+            features are wide and unnormalised, e.g. a flattened conv map.
+        router_temperature: temperature of the cosine router.
         router_initializer: initializer of the router kernel.
         router_regularizer: regularizer of the router kernel.
         seed: seed of the router noise.
@@ -142,6 +148,8 @@ class MoELayer(keras.layers.Layer):
         overflow_loss_weight=0.0,
         z_loss_weight=0.0,
         bias_update_rate=0.0,
+        router_type="linear",
+        router_temperature=0.1,
         router_initializer="glorot_uniform",
         router_regularizer=None,
         seed=None,
@@ -173,6 +181,20 @@ class MoELayer(keras.layers.Layer):
                 "Received an invalid value for `router_noise`, expected one of "
                 f"{ROUTER_NOISE_TYPES}. Received: router_noise={router_noise!r}"
             )
+        if router_type not in ROUTER_TYPES:
+            raise ValueError(
+                "Received an invalid value for `router_type`, expected one of "
+                f"{ROUTER_TYPES}. Received: router_type={router_type!r}"
+            )
+        if (
+            not isinstance(router_temperature, (int, float))
+            or isinstance(router_temperature, bool)
+            or router_temperature <= 0
+        ):
+            raise ValueError(
+                "Received an invalid value for `router_temperature`, expected "
+                f"a positive number. Received: router_temperature={router_temperature!r}"
+            )
         for name, value in (
             ("noise_std", noise_std),
             ("switch_loss_weight", switch_loss_weight),
@@ -194,6 +216,8 @@ class MoELayer(keras.layers.Layer):
         self.overflow_loss_weight = overflow_loss_weight
         self.z_loss_weight = z_loss_weight
         self.bias_update_rate = bias_update_rate
+        self.router_type = router_type
+        self.router_temperature = router_temperature
         self.router_initializer = initializers.get(router_initializer)
         self.router_regularizer = regularizers.get(router_regularizer)
         self.seed = seed
@@ -296,7 +320,12 @@ class MoELayer(keras.layers.Layer):
 
     def router_logits(self, features):
         """Clean `(T, n)` float32 logits of `(T, d)` router features."""
-        return ops.matmul(ops.cast(features, "float32"), self.router_kernel)
+        features = ops.cast(features, "float32")
+        if self.router_type == "cosine":
+            return routing.cosine_router_logits(
+                features, self.router_kernel, self.router_temperature
+            )
+        return ops.matmul(features, self.router_kernel)
 
     def route(self, features, training=False, capacity=None):
         """Routes `(T, d)` tokens; in training adds losses and updates state.
@@ -437,6 +466,8 @@ class MoELayer(keras.layers.Layer):
                 "overflow_loss_weight": self.overflow_loss_weight,
                 "z_loss_weight": self.z_loss_weight,
                 "bias_update_rate": self.bias_update_rate,
+                "router_type": self.router_type,
+                "router_temperature": self.router_temperature,
                 "router_initializer": initializers.serialize(
                     self.router_initializer
                 ),
