@@ -80,7 +80,7 @@ def _train_parser():
     training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule (Adam)")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--validation-fraction", type=float, default=0.1)
-    training.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs); the best epoch's weights are kept")
+    training.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs of no lower validation loss); the best epoch's weights are kept")
     training.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU); routers stay float32")
     training.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     training.add_argument("--distribute", choices=("data", "experts"), help="data parallelism (MirroredStrategy on TF, DataParallel on JAX) or expert parallelism (JAX keras.distribution)")

@@ -159,8 +159,12 @@ def _fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=(
     usage = ExpertUsage()
     callbacks = [
         usage,
+        # Validation loss, not accuracy: on 400 images accuracy moves in
+        # steps of 0.25 points and ties, so a plateau of ties stopped runs
+        # ten epochs after an early high-learning-rate epoch and restored it
+        # (MoE(3,5) seed 1: stopped at epoch 20, restored epoch 10, 97.9%).
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy",
+            monitor="val_loss",
             patience=train_config.patience,
             restore_best_weights=True,
         ),
