@@ -12,11 +12,36 @@ Two strategies compute the same mixture:
   factor the expert compute is `capacity_factor * T * k` token-expert pairs,
   independent of `n`.
 
+Both moves are gathers, and so are their gradients: every slot holds one
+token choice and every choice sits in at most one slot, so the plan carries
+the map in both directions (`DispatchPlan`) and `gather_rows` differentiates
+a gather with the gather through the inverse map. Autodiff would instead
+scatter-add the gradient, which XLA runs as a serial loop on CPU (it was a
+fifth of the sparse layer's forward+backward time, `benchmarks/README.md`)
+and with atomics on GPU.
+
 Only `keras.ops` with shapes known at trace time (given the batch), so both
 run under `jit_compile=True` on TensorFlow and JAX.
 """
 
+from typing import NamedTuple
+
 from keras import ops
+
+
+class DispatchPlan(NamedTuple):
+    """Where every token choice goes, in both directions.
+
+    Attributes:
+        slot_choices: `(n * capacity,)` int32: the flat choice `t * k + j`
+            (token `t`'s `j`-th expert) held by each expert slot, `T * k`
+            for an empty slot.
+        slot_ids: `(T, k)` int32: the flat slot `e * capacity + position` of
+            every choice, `n * capacity` for a choice dropped for capacity.
+    """
+
+    slot_choices: object
+    slot_ids: object
 
 
 def sparse_dispatch_plan(expert_indices, positions, keep, num_experts, capacity):
@@ -31,53 +56,82 @@ def sparse_dispatch_plan(expert_indices, positions, keep, num_experts, capacity)
         capacity: slots per expert.
 
     Returns:
-        `(token_table, slot_ids)`: the `(n, capacity)` token held in each
-        expert slot (the out-of-range index `T` for an empty slot, which
-        gathers a zero row), and the `(T, k)` flat slot of every token choice
-        (`n * capacity`, past the end, for a dropped choice).
+        A `DispatchPlan`.
     """
-    num_tokens = ops.shape(expert_indices)[0]
     num_slots = num_experts * capacity
     kept = keep > 0
-    # Dropped choices all point one past the last slot.
     slot_ids = ops.where(kept, expert_indices * capacity + positions, num_slots)
-    # Token ids from a cumsum rather than `arange(num_tokens)`: the ids then
+    # Choice ids from a cumsum rather than `arange(T * k)`: the ids then
     # share the tokens' own (possibly dynamic) batch size under XLA.
-    token_ids = ops.cumsum(ops.ones_like(expert_indices), axis=0) - 1
-    # Each kept slot holds exactly one token, so a segment sum of (id + 1)
+    flat_kept = ops.reshape(ops.cast(kept, "int32"), (-1,))
+    choice_ids = ops.cumsum(ops.ones_like(flat_kept)) - 1
+    num_choices = ops.shape(flat_kept)[0]
+    # Each kept slot holds exactly one choice, so a segment sum of (id + 1)
     # recovers the id, and 0 marks an empty slot. No gradient flows here.
-    marked = ops.reshape(ops.cast(kept, "int32") * (token_ids + 1), (-1,))
     table = ops.segment_sum(
-        marked, ops.reshape(slot_ids, (-1,)), num_segments=num_slots + 1
+        flat_kept * (choice_ids + 1),
+        ops.reshape(slot_ids, (-1,)),
+        num_segments=num_slots + 1,
     )
     table = table[:num_slots] - 1
-    table = ops.where(table < 0, num_tokens, table)
-    return ops.reshape(table, (num_experts, capacity)), slot_ids
+    slot_choices = ops.where(table < 0, num_choices, table)
+    return DispatchPlan(slot_choices, slot_ids)
 
 
-def gather_tokens(tokens, token_table):
-    """`(T, d)` tokens -> `(n, capacity, d)` expert buffers (zeros when empty).
+def _take_rows(values, index):
+    """`values[index]`, with zero rows where `index` is `len(values)`."""
+    num_rows = ops.shape(values)[0]
+    present = ops.cast(index < num_rows, values.dtype)
+    rows = ops.take(values, ops.minimum(index, num_rows - 1), axis=0)
+    return rows * ops.expand_dims(present, -1)
 
-    Empty slots are zeroed by a mask rather than by gathering from an
-    appended zero row: the gradient of a concatenation with gathered
-    (sparse) gradients aborts XLA when the batch size is not static.
+
+def gather_rows(values, index, inverse_index):
+    """`values[index]` (zero rows where `index == len(values)`), with a
+    gather, not a scatter, as its gradient.
+
+    Args:
+        values: `(N, d)`.
+        index: `(M,)` int, rows of `values`, `N` for a zero row.
+        inverse_index: `(N, r)` int, the output rows that read each row of
+            `values` (`M` for none): every output row reading row `i` must
+            appear in `inverse_index[i]`.
+
+    Returns:
+        `(M, d)`.
     """
-    num_tokens = ops.shape(tokens)[0]
-    occupied = ops.cast(token_table < num_tokens, tokens.dtype)
-    gathered = ops.take(tokens, ops.minimum(token_table, num_tokens - 1), axis=0)
-    return gathered * occupied[..., None]
+
+    @ops.custom_gradient
+    def gather(values):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            readers = _take_rows(upstream, ops.reshape(inverse_index, (-1,)))
+            readers = ops.reshape(
+                readers, (-1, inverse_index.shape[-1], upstream.shape[-1])
+            )
+            return ops.sum(readers, axis=1)
+
+        return _take_rows(values, index), grad
+
+    return gather(values)
 
 
-def combine_slots(expert_outputs, slot_ids, expert_weights, keep):
+def gather_tokens(tokens, plan, num_experts):
+    """`(T, d)` tokens -> `(n, capacity, d)` expert buffers (zeros when empty)."""
+    top_k = plan.slot_ids.shape[-1]
+    # An empty slot's choice id T * k maps to the zero row T.
+    slot_tokens = plan.slot_choices // top_k
+    buffers = gather_rows(tokens, slot_tokens, plan.slot_ids)
+    return ops.reshape(buffers, (num_experts, -1, tokens.shape[-1]))
+
+
+def combine_slots(expert_outputs, plan, expert_weights, keep):
     """Gathers every token's k expert outputs back and mixes them.
-
-    A gather per token choice rather than a scatter per slot: its gradient is
-    a plain segment sum, which XLA compiles for any batch size, where the
-    gradient of a segment sum is not (TensorFlow `jit_compile=True` aborts).
 
     Args:
         expert_outputs: `(n, capacity, u)`.
-        slot_ids: `(T, k)` from `sparse_dispatch_plan`.
+        plan: the `DispatchPlan`.
         expert_weights: `(T, k)` mixing weights.
         keep: `(T, k)` 0/1 kept mask.
 
@@ -85,11 +139,11 @@ def combine_slots(expert_outputs, slot_ids, expert_weights, keep):
         `(T, u)` mixture; a token whose every choice was dropped gets zeros.
     """
     units = expert_outputs.shape[-1]
+    top_k = plan.slot_ids.shape[-1]
     flat = ops.reshape(expert_outputs, (-1, units))
-    # Dropped choices (slot id past the end) read slot 0 and get weight 0.
-    slot_ids = ops.where(keep > 0, slot_ids, 0)
-    top_k = slot_ids.shape[-1]
-    chosen = ops.take(flat, ops.reshape(slot_ids, (-1,)), axis=0)
+    chosen = gather_rows(
+        flat, ops.reshape(plan.slot_ids, (-1,)), plan.slot_choices[:, None]
+    )
     chosen = ops.reshape(chosen, (-1, top_k, units))
     weights = ops.cast(expert_weights * keep, chosen.dtype)
     return ops.einsum("tku,tk->tu", chosen, weights)

@@ -241,17 +241,17 @@ class MoEDense(MoELayer):
                 self._run_experts(self.experts, tokens, training), combine
             )
         else:
-            token_table, slot_ids = dispatch_lib.sparse_dispatch_plan(
+            plan = dispatch_lib.sparse_dispatch_plan(
                 result.expert_indices,
                 result.positions,
                 result.keep,
                 self.num_experts,
                 capacity,
             )
-            buffers = dispatch_lib.gather_tokens(tokens, token_table)
+            buffers = dispatch_lib.gather_tokens(tokens, plan, self.num_experts)
             outputs = dispatch_lib.combine_slots(
                 self._run_experts(self.experts, buffers, training),
-                slot_ids,
+                plan,
                 result.expert_weights,
                 result.keep,
             )
