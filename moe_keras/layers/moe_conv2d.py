@@ -154,7 +154,11 @@ class MoEConv2D(MoELayer):
         # XLA gradient measured 35-100x a plain conv (benchmarks/README.md),
         # so dense wins until n is large. Above 16, dense's n-fold output
         # memory is the bigger risk.
-        if self.routing == "sample" and self.num_experts > 16:
+        if (
+            self.routing == "sample"
+            and getattr(self, "_static_image_size", True)
+            and self.num_experts > 16
+        ):
             return "sparse"
         return "dense"
 
@@ -167,6 +171,21 @@ class MoEConv2D(MoELayer):
             raise ValueError(
                 "The channel dimension of the inputs to `MoEConv2D` should be "
                 f"defined. Received: input_shape={input_shape}"
+            )
+        spatial = (
+            input_shape[1:3]
+            if self.data_format == "channels_last"
+            else input_shape[2:4]
+        )
+        # The CondConv path slices every kernel tap's window out of the
+        # padded image, which needs its size when the layer is traced.
+        self._static_image_size = None not in tuple(spatial)
+        if self.dispatch == "sparse" and not self._static_image_size:
+            raise ValueError(
+                "`dispatch='sparse'` needs the rows and columns of the inputs "
+                "to be known (`keras.Input((rows, cols, channels))`); use "
+                "`dispatch='dense'` or `'auto'` for images of any size. "
+                f"Received: input_shape={input_shape}"
             )
         self.build_router(channels)
         self.experts = self._add_experts("expert", self.num_experts, channels)
@@ -258,32 +277,52 @@ class MoEConv2D(MoELayer):
         combine = reshape_like(combine, outputs[..., 0, :], (self.num_experts,))
         return ops.einsum("bhwef,bhwe->bhwf", outputs, combine)
 
-    @staticmethod
-    def _spatial(x, start):
-        """Rows and columns of `x` from axis `start`, static when known."""
-        sizes = tuple(x.shape[start : start + 2])
-        if any(size is None for size in sizes):
-            sizes = tuple(ops.shape(x)[start : start + 2])
-        return sizes
+    def _tap_windows(self, inputs):
+        """Zero-pads channels-last `inputs` as `padding` asks and yields, for
+        every kernel tap `(i, j)`, the `(B, H', W', C)` inputs that the tap
+        multiplies at the `H' x W'` output positions (static sizes)."""
+        pads, outs = [], []
+        for size, kernel, stride, dilation in zip(
+            inputs.shape[1:3], self.kernel_size, self.strides, self.dilation_rate
+        ):
+            span = (kernel - 1) * dilation + 1
+            if self.padding == "same":
+                out = -(-size // stride)
+                # Keras/TensorFlow "same": an odd extra row goes at the end.
+                total = max((out - 1) * stride + span - size, 0)
+                pads.append((total // 2, total - total // 2))
+            else:
+                out = (size - span) // stride + 1
+                pads.append((0, 0))
+            outs.append(out)
+        padded = ops.pad(inputs, ((0, 0), *pads, (0, 0)))
+        (rows, cols), (row_stride, col_stride) = outs, self.strides
+        for i in range(self.kernel_size[0]):
+            for j in range(self.kernel_size[1]):
+                top, left = i * self.dilation_rate[0], j * self.dilation_rate[1]
+                yield i, j, padded[
+                    :,
+                    top : top + (rows - 1) * row_stride + 1 : row_stride,
+                    left : left + (cols - 1) * col_stride + 1 : col_stride,
+                    :,
+                ]
 
     def _mixed_kernel_conv(self, inputs, combine):
-        """CondConv: one kernel per example, all examples in one grouped conv.
+        """CondConv: every example is convolved once, with the mixture of its
+        experts' kernels.
 
-        The batch is folded into the channel axis, `(1, H, W, B*C)`, and the
-        per-example kernels into `B` convolution groups.
+        The convolution is written as a sum over kernel taps of batched
+        matmuls, `sum_ij window_ij(x_b) @ K_b[i, j]`, rather than as one
+        convolution with the batch folded into groups: XLA runs the
+        gradient of a batch-grouped convolution as a loop (24 s for a step
+        that the taps do in 0.3 s on CPU, `benchmarks/README.md`), while
+        batched matmuls and their gradients are fast everywhere.
         """
         kernel = ops.einsum("be,ehwcf->bhwcf", combine, self.experts["kernel"])
-        rows, cols, channels = kernel.shape[1:4]
-        folded = ops.transpose(inputs, (1, 2, 0, 3))
-        folded = ops.reshape(folded, (1,) + self._spatial(folded, 0) + (-1,))
-        grouped = ops.reshape(
-            ops.transpose(kernel, (1, 2, 3, 0, 4)), (rows, cols, channels, -1)
-        )
-        outputs = self._conv(folded, grouped)[0]  # (H', W', B*F)
-        outputs = ops.reshape(
-            outputs, self._spatial(outputs, 0) + (-1, self.filters)
-        )
-        outputs = ops.transpose(outputs, (2, 0, 1, 3))
+        outputs = None
+        for i, j, window in self._tap_windows(inputs):
+            tap = ops.einsum("bhwc,bcf->bhwf", window, kernel[:, i, j])
+            outputs = tap if outputs is None else outputs + tap
         if self.use_bias:
             bias = ops.matmul(combine, self.experts["bias"])
             outputs = outputs + bias[:, None, None, :]
