@@ -115,7 +115,8 @@ def machine_info(keras):
 
 
 def time_step(keras, model, x, y, steps, warmup):
-    """Median seconds of one compiled `train_on_batch` step.
+    """Median seconds of one compiled `train_on_batch` step (forward,
+    backward and an SGD update of every weight).
 
     `train_on_batch` returns host numbers, so every call waits for the
     device: no asynchronous dispatch leaks into the next step's timing.
@@ -124,12 +125,79 @@ def time_step(keras, model, x, y, steps, warmup):
                   jit_compile=True)
     for _ in range(warmup):
         model.train_on_batch(x, y)
+    return _median_seconds(lambda: model.train_on_batch(x, y), steps)
+
+
+def forward_backward_fn(keras, model, x, y):
+    """A compiled function computing the loss (MSE plus the layer's
+    auxiliary losses) and the gradients of every trainable weight: the
+    forward and backward pass without the optimizer's update, whose cost
+    is proportional to all parameters (`n` experts) whatever the dispatch.
+
+    Returns a no-argument callable that runs one pass and waits for it, or
+    `None` on a backend without a compiled gradient here (torch).
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def loss_fn(trainable, non_trainable):
+            outputs, _, losses = model.stateless_call(
+                trainable, non_trainable, x, training=True, return_losses=True)
+            return keras.ops.mean(keras.ops.square(outputs - y)) + sum(losses)
+
+        grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return lambda: jax.block_until_ready(grad_fn(trainable, non_trainable))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def grad_fn():
+            with tf.GradientTape() as tape:
+                outputs = model(x, training=True)
+                loss = tf.reduce_mean(tf.square(outputs - y))
+                loss = loss + sum(model.losses)
+            return loss, tape.gradient(loss, model.trainable_variables)
+
+        def run():
+            loss, grads = grad_fn()
+            # The last gradient is computed last; reading it waits for all.
+            return loss.numpy(), grads[-1].numpy()
+
+        return run
+    return None
+
+
+def time_forward_backward(keras, model, x, y, steps, warmup):
+    """Median seconds of one compiled forward+backward pass, or `None`."""
+    run = forward_backward_fn(keras, model, x, y)
+    if run is None:
+        return None
+    for _ in range(warmup):
+        run()
+    return _median_seconds(run, steps)
+
+
+def _median_seconds(run, steps):
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        model.train_on_batch(x, y)
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def measure(keras, model, x, y, args, **row):
+    """A result row: `fwd_bwd_ms` (forward+backward) and `ms` (the whole
+    training step with its update), each the median over `args.steps`."""
+    fwd_bwd = time_forward_backward(keras, model, x, y, args.steps, args.warmup)
+    step = time_step(keras, model, x, y, args.steps, args.warmup)
+    row.update(fwd_bwd_ms=None if fwd_bwd is None else 1e3 * fwd_bwd,
+               ms=1e3 * step)
+    print_row(row)
+    return row
 
 
 def dense_rows(keras, args):
@@ -147,10 +215,8 @@ def dense_rows(keras, args):
             keras.layers.Dense(args.hidden * k, activation="relu"),
             keras.layers.Dense(args.features),
         ])
-        seconds = time_step(keras, baseline, x, y, args.steps, args.warmup)
-        rows.append(dict(layer="Dense", dispatch="baseline", n=None, k=k,
-                         ms=1e3 * seconds))
-        print_row(rows[-1])
+        rows.append(measure(keras, baseline, x, y, args, layer="Dense",
+                            dispatch="baseline", n=None, k=k))
         for n in args.experts:
             if k > n:
                 continue
@@ -166,10 +232,8 @@ def dense_rows(keras, args):
                                      if dispatch == "sparse" else None),
                 )
                 model = keras.Sequential([keras.Input((args.features,)), layer])
-                seconds = time_step(keras, model, x, y, args.steps, args.warmup)
-                rows.append(dict(layer="MoEDense", dispatch=dispatch, n=n, k=k,
-                                 ms=1e3 * seconds))
-                print_row(rows[-1])
+                rows.append(measure(keras, model, x, y, args, layer="MoEDense",
+                                    dispatch=dispatch, n=n, k=k))
     return rows
 
 
@@ -187,10 +251,8 @@ def conv_rows(keras, args):
         keras.layers.Conv2D(args.channels, 3, padding="same"),
     ])
     rows = []
-    seconds = time_step(keras, baseline, x, y, args.steps, args.warmup)
-    rows.append(dict(layer="Conv2D", dispatch="baseline", n=None, k=None,
-                     ms=1e3 * seconds))
-    print_row(rows[-1])
+    rows.append(measure(keras, baseline, x, y, args, layer="Conv2D",
+                        dispatch="baseline", n=None, k=None))
     for k in args.topk:
         for n in args.conv_experts:
             if k > n:
@@ -200,10 +262,8 @@ def conv_rows(keras, args):
                 layer = MoEConv2D(args.channels, 3, num_experts=n, top_k=k,
                                   padding="same", dispatch=dispatch)
                 model = keras.Sequential([keras.Input(shape[1:]), layer])
-                seconds = time_step(keras, model, x, y, args.steps, args.warmup)
-                rows.append(dict(layer="MoEConv2D", dispatch=dispatch, n=n, k=k,
-                                 ms=1e3 * seconds))
-                print_row(rows[-1])
+                rows.append(measure(keras, model, x, y, args, layer="MoEConv2D",
+                                    dispatch=dispatch, n=n, k=k))
     return rows
 
 
@@ -255,33 +315,43 @@ def pipeline_rows(keras, args):
     return rows
 
 
+def _ms(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
 def print_row(row):
     n = "-" if row["n"] is None else row["n"]
     k = "-" if row["k"] is None else row["k"]
-    print(f"{row['layer']:<10} {row['dispatch']:<9} {n!s:>4} {k!s:>3} "
-          f"{row['ms']:10.2f} ms", flush=True)
+    print(f"{row['layer']:<10} {row['dispatch']:<15} {n!s:>4} {k!s:>3} "
+          f"{_ms(row.get('fwd_bwd_ms')):>10} {_ms(row['ms']):>10}", flush=True)
 
 
 def add_ratios(rows):
-    """Adds `vs_baseline` (time over the equal-active dense layer; for the
-    pipeline rows, over the baseline CNN) and `vs_n8` (time over n=8 with the
-    same layer, dispatch and k)."""
-    base = {(r["layer"], r["k"]): r["ms"] for r in rows
-            if r["dispatch"] == "baseline"}
-    base.update({("pipeline", None): r["ms"] for r in rows
-                 if r["dispatch"] == "cnn-dense-h64"})
-    n8 = {(r["layer"], r["dispatch"], r["k"]): r["ms"] for r in rows
-          if r["n"] == 8}
-    for row in rows:
-        if row["dispatch"] in ("baseline", "cnn-dense-h64"):
-            continue
-        key = {"MoEDense": ("Dense", row["k"]), "MoEConv2D": ("Conv2D", None),
-               "pipeline": ("pipeline", None)}[row["layer"]]
-        if key in base:
-            row["vs_baseline"] = row["ms"] / base[key]
-        ref = n8.get((row["layer"], row["dispatch"], row["k"]))
-        if ref:
-            row["vs_n8"] = row["ms"] / ref
+    """Adds, for the forward+backward time (`fwd_bwd_`) and the whole step:
+    `vs_baseline`, the time over the equal-active dense layer (for the
+    pipeline rows, over the baseline CNN), and `vs_n8`, the time over n=8
+    with the same layer, dispatch and k."""
+    for metric, prefix in (("ms", ""), ("fwd_bwd_ms", "fwd_bwd_")):
+        base = {(r["layer"], r["k"]): r.get(metric) for r in rows
+                if r["dispatch"] == "baseline"}
+        base.update({("pipeline", None): r.get(metric) for r in rows
+                     if r["dispatch"] == "cnn-dense-h64"})
+        n8 = {(r["layer"], r["dispatch"], r["k"]): r.get(metric) for r in rows
+              if r["n"] == 8}
+        for row in rows:
+            if row["dispatch"] in ("baseline", "cnn-dense-h64") or row.get(metric) is None:
+                continue
+            key = {"MoEDense": ("Dense", row["k"]), "MoEConv2D": ("Conv2D", None),
+                   "pipeline": ("pipeline", None)}[row["layer"]]
+            if base.get(key):
+                row[f"{prefix}vs_baseline"] = row[metric] / base[key]
+            ref = n8.get((row["layer"], row["dispatch"], row["k"]))
+            if ref:
+                row[f"{prefix}vs_n8"] = row[metric] / ref
+
+
+def _ratio(value):
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None):
@@ -290,7 +360,8 @@ def main(argv=None):
 
     info = machine_info(keras)
     print(json.dumps(info))
-    print(f"{'layer':<10} {'dispatch':<9} {'n':>4} {'k':>3} {'step':>13}")
+    print(f"{'layer':<10} {'dispatch':<15} {'n':>4} {'k':>3} "
+          f"{'fwd+bwd ms':>10} {'step ms':>10}")
     rows = []
     if not args.no_dense:
         rows += dense_rows(keras, args)
@@ -299,12 +370,13 @@ def main(argv=None):
     if args.pipeline:
         rows += pipeline_rows(keras, args)
     add_ratios(rows)
-    print("\nlayer      dispatch     n   k       ms  vs_base  vs_n8")
+    print("\n| layer | dispatch | n | k | fwd+bwd ms | vs_base | vs_n8 "
+          "| step ms | vs_base | vs_n8 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"{r['layer']:<10} {r['dispatch']:<9} {str(r['n'] or '-'):>4} "
-              f"{str(r['k'] or '-'):>3} {r['ms']:8.2f} "
-              f"{r.get('vs_baseline', float('nan')):8.2f} "
-              f"{r.get('vs_n8', float('nan')):6.2f}")
+        print(f"| {r['layer']} | {r['dispatch']} | {r['n'] or '-'} | {r['k'] or '-'} "
+              f"| {_ms(r.get('fwd_bwd_ms'))} | {_ratio(r.get('fwd_bwd_vs_baseline'))} "
+              f"| {_ratio(r.get('fwd_bwd_vs_n8'))} | {_ms(r['ms'])} "
+              f"| {_ratio(r.get('vs_baseline'))} | {_ratio(r.get('vs_n8'))} |")
     if args.json:
         config = {name: getattr(args, name) for name in (
             "tokens", "features", "hidden", "experts", "topk", "steps",
