@@ -287,6 +287,14 @@ def test_conv_sparse_needs_static_image_size():
     assert auto.resolved_dispatch == "dense"
     outputs = auto(np.zeros((1, 5, 6, 3), "float32"))
     assert outputs.shape == (1, 3, 4, 2)
+    # With a known image size, "auto" takes CondConv from 4 experts on.
+    for experts, expected in ((2, "dense"), (4, "sparse"), (32, "sparse")):
+        layer = MoEConv2D(2, 3, num_experts=experts)
+        layer.build((None, 8, 8, 3))
+        assert layer.resolved_dispatch == expected
+    pixel = MoEConv2D(2, 3, num_experts=32, routing="pixel")
+    pixel.build((None, 8, 8, 3))
+    assert pixel.resolved_dispatch == "dense"
 
 
 def test_conv_each_sample_uses_its_selected_expert_kernel():

@@ -13,6 +13,10 @@ from moe_keras.layers.moe_layer import reshape_like
 
 ROUTING_MODES = ("sample", "pixel")
 DISPATCH_MODES = ("auto", "dense", "sparse")
+# Expert count from which `dispatch="auto"` takes the CondConv path: a
+# training step measured about 2 plain convolutions for CondConv whatever
+# `n` and about `n` for the dense path (benchmarks/README.md, CPU).
+SPARSE_MIN_EXPERTS = 4
 
 
 @keras.saving.register_keras_serializable(package="moe_keras")
@@ -38,16 +42,15 @@ class MoEConv2D(MoELayer):
     Dispatch:
       * `"dense"`: all experts run as one convolution with `n * filters`
         output channels, then the outputs are mixed. Works for both routings.
-      * `"sparse"` (sample routing only): the selected experts' kernels are
-        mixed per example and each example is convolved once (CondConv);
+      * `"sparse"` (sample routing only, images of a known size): the
+        selected experts' kernels are mixed per example and each example is
+        convolved once (CondConv), as one batched matmul per kernel tap;
         the convolution cost does not grow with `n`.
-      * `"auto"`: dense for pixel routing; for sample routing dense up to
-        16 experts and sparse above. The grouped convolution of the sparse
-        path is cheap forward, but its gradient is slow in XLA (measured
-        35-100x a plain Conv2D step on CPU, `benchmarks/README.md`), while
-        the dense path costs about `n` plain convolutions (and `n` times
-        the output memory). Pass `"sparse"` for inference or for many
-        experts.
+      * `"auto"`: sparse for sample routing with at least
+        `SPARSE_MIN_EXPERTS` (4) experts and a known image size, dense
+        otherwise. Measured on CPU (`benchmarks/README.md`), a CondConv
+        training step costs about two plain Conv2D steps whatever `n`, and
+        the dense path about `n`; at 2 experts they tie.
 
     Routing is always dropless. Balancing losses, router noise and
     statistics work as in `MoEDense` (see `MoELayer`).
@@ -150,14 +153,10 @@ class MoEConv2D(MoELayer):
         """`"dense"` or `"sparse"`, resolving `dispatch="auto"`."""
         if self.dispatch != "auto":
             return self.dispatch
-        # Training cost: dense ~ n plain convs; sparse ~ a grouped conv whose
-        # XLA gradient measured 35-100x a plain conv (benchmarks/README.md),
-        # so dense wins until n is large. Above 16, dense's n-fold output
-        # memory is the bigger risk.
         if (
             self.routing == "sample"
             and getattr(self, "_static_image_size", True)
-            and self.num_experts > 16
+            and self.num_experts >= SPARSE_MIN_EXPERTS
         ):
             return "sparse"
         return "dense"
