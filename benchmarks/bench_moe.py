@@ -220,6 +220,9 @@ def dense_rows(keras, args):
         for n in args.experts:
             if k > n:
                 continue
+            # Both dispatches compute the same layer (same capacity).
+            auto = MoEDense(args.features, num_experts=n, top_k=k,
+                            capacity_factor=args.capacity_factor).resolved_dispatch
             for dispatch in ("dense", "sparse"):
                 if (dispatch == "dense" and args.dense_max_experts
                         and n > args.dense_max_experts):
@@ -228,12 +231,12 @@ def dense_rows(keras, args):
                 layer = MoEDense(
                     args.features, num_experts=n, top_k=k,
                     expert_hidden=args.hidden, dispatch=dispatch,
-                    capacity_factor=(args.capacity_factor
-                                     if dispatch == "sparse" else None),
+                    capacity_factor=args.capacity_factor,
                 )
                 model = keras.Sequential([keras.Input((args.features,)), layer])
                 rows.append(measure(keras, model, x, y, args, layer="MoEDense",
-                                    dispatch=dispatch, n=n, k=k))
+                                    dispatch=dispatch, n=n, k=k,
+                                    auto_picks=dispatch == auto))
     return rows
 
 
@@ -257,13 +260,17 @@ def conv_rows(keras, args):
         for n in args.conv_experts:
             if k > n:
                 continue
+            auto = MoEConv2D(args.channels, 3, num_experts=n, top_k=k,
+                             padding="same")
+            auto.build(shape)
             for dispatch in ("dense", "sparse"):
                 keras.utils.set_random_seed(0)
                 layer = MoEConv2D(args.channels, 3, num_experts=n, top_k=k,
                                   padding="same", dispatch=dispatch)
                 model = keras.Sequential([keras.Input(shape[1:]), layer])
                 rows.append(measure(keras, model, x, y, args, layer="MoEConv2D",
-                                    dispatch=dispatch, n=n, k=k))
+                                    dispatch=dispatch, n=n, k=k,
+                                    auto_picks=dispatch == auto.resolved_dispatch))
     return rows
 
 
@@ -350,6 +357,25 @@ def add_ratios(rows):
                 row[f"{prefix}vs_n8"] = row[metric] / ref
 
 
+def auto_check(rows):
+    """One line per MoE layer, n and k: the dispatch `"auto"` picks and the
+    one whose training step measured faster."""
+    pairs = {}
+    for r in rows:
+        if "auto_picks" in r:
+            pairs.setdefault((r["layer"], r["n"], r["k"]), []).append(r)
+    lines = []
+    for (layer, n, k), measured in pairs.items():
+        picked = [r["dispatch"] for r in measured if r["auto_picks"]]
+        fastest = min(measured, key=lambda r: r["ms"])["dispatch"]
+        if len(measured) < 2 or not picked:
+            continue
+        verdict = "faster" if picked[0] == fastest else "SLOWER"
+        lines.append(f"auto {layer} n={n} k={k}: picks {picked[0]}, the {verdict} "
+                     "of the two measured steps")
+    return lines
+
+
 def _ratio(value):
     return "-" if value is None else f"{value:.2f}"
 
@@ -371,12 +397,16 @@ def main(argv=None):
         rows += pipeline_rows(keras, args)
     add_ratios(rows)
     print("\n| layer | dispatch | n | k | fwd+bwd ms | vs_base | vs_n8 "
-          "| step ms | vs_base | vs_n8 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| step ms | vs_base | vs_n8 | auto |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['layer']} | {r['dispatch']} | {r['n'] or '-'} | {r['k'] or '-'} "
               f"| {_ms(r.get('fwd_bwd_ms'))} | {_ratio(r.get('fwd_bwd_vs_baseline'))} "
               f"| {_ratio(r.get('fwd_bwd_vs_n8'))} | {_ms(r['ms'])} "
-              f"| {_ratio(r.get('vs_baseline'))} | {_ratio(r.get('vs_n8'))} |")
+              f"| {_ratio(r.get('vs_baseline'))} | {_ratio(r.get('vs_n8'))} "
+              f"| {'picked' if r.get('auto_picks') else ''} |")
+    for line in auto_check(rows):
+        print(line)
     if args.json:
         config = {name: getattr(args, name) for name in (
             "tokens", "features", "hidden", "experts", "topk", "steps",
