@@ -2,7 +2,7 @@
 
 `python -m pipelines.router_saturation` trains the pipeline's CNN models for
 the first epochs of the pipeline's own recipe (`pipelines.train._fit`: Adam
-2e-3 with the 30-epoch cosine schedule, augmentation, early stopping) on the
+2e-3 with the 40-epoch cosine schedule, augmentation, early stopping) on the
 embedded sample and, after every epoch, measures on the validation images:
 
 * the standard deviation of the router logits;
@@ -106,7 +106,7 @@ def run(epochs, quick=False, log=print):
             if epoch + 1 >= epochs:
                 self.model.stop_training = True
 
-    # The full run's recipe (the cosine schedule spans its 30 epochs); only
+    # The full run's recipe (the cosine schedule spans its 40 epochs); only
     # the first `epochs` of it are run.
     train_config = TrainConfig(verbose=0)
     for name, model_config in _variants():

@@ -26,7 +26,7 @@ from pipelines.models import count_parameters
 class TrainConfig:
     """How a model is trained (the model itself is a `ModelConfig`)."""
 
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
     seed: int = 0
@@ -163,10 +163,17 @@ def _fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=(
         # steps of 0.25 points and ties, so a plateau of ties stopped runs
         # ten epochs after an early high-learning-rate epoch and restored it
         # (MoE(3,5) seed 1: stopped at epoch 20, restored epoch 10, 97.9%).
+        # Monitoring starts at 3/4 of the cosine schedule: the loss of 400
+        # images is noisy enough that, watched from mid-schedule, 16 of 25
+        # 40-epoch runs restored a mid-schedule epoch and scored 98.50% on
+        # the held-out digits against 98.94% for the runs that trained to
+        # the end; the MoE, whose validation loss is the noisier, was hit
+        # more often (README, "Measured on the embedded sample").
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
             patience=train_config.patience,
             restore_best_weights=True,
+            start_from_epoch=train_config.epochs * 3 // 4,
         ),
         *callbacks,
     ]
