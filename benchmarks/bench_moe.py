@@ -63,6 +63,10 @@ def parse_args(argv=None):
                              "the active compute: 20 s a step at n=64 on 2 CPU cores)")
     parser.add_argument("--pipeline", action="store_true",
                         help="also time the pipeline's epochs (baseline CNN vs MoE(3,5) h64)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure every configuration this many times, in "
+                             "separate passes, and report the median pass "
+                             "(a shared machine's noise moves single passes)")
     parser.add_argument("--pipeline-epochs", type=int,
                         help="epochs per pipeline model; the first (compilation) is not counted (4)")
     args = parser.parse_args(argv)
@@ -333,6 +337,20 @@ def print_row(row):
           f"{_ms(row.get('fwd_bwd_ms')):>10} {_ms(row['ms']):>10}", flush=True)
 
 
+def median_rows(passes):
+    """One row per configuration: the median over the passes of each time,
+    with every pass's times kept in `ms_passes` / `fwd_bwd_ms_passes`."""
+    rows = [dict(row) for row in passes[0]]
+    for index, row in enumerate(rows):
+        for metric in ("ms", "fwd_bwd_ms"):
+            values = [p[index][metric] for p in passes]
+            if None in values:
+                continue
+            row[f"{metric}_passes"] = values
+            row[metric] = statistics.median(values)
+    return rows
+
+
 def add_ratios(rows):
     """Adds, for the forward+backward time (`fwd_bwd_`) and the whole step:
     `vs_baseline`, the time over the equal-active dense layer (for the
@@ -388,13 +406,17 @@ def main(argv=None):
     print(json.dumps(info))
     print(f"{'layer':<10} {'dispatch':<15} {'n':>4} {'k':>3} "
           f"{'fwd+bwd ms':>10} {'step ms':>10}")
-    rows = []
-    if not args.no_dense:
-        rows += dense_rows(keras, args)
-    if not args.no_conv:
-        rows += conv_rows(keras, args)
-    if args.pipeline:
-        rows += pipeline_rows(keras, args)
+    passes = []
+    for _ in range(args.repeats):
+        rows = []
+        if not args.no_dense:
+            rows += dense_rows(keras, args)
+        if not args.no_conv:
+            rows += conv_rows(keras, args)
+        if args.pipeline:
+            rows += pipeline_rows(keras, args)
+        passes.append(rows)
+    rows = median_rows(passes)
     add_ratios(rows)
     print("\n| layer | dispatch | n | k | fwd+bwd ms | vs_base | vs_n8 "
           "| step ms | vs_base | vs_n8 | auto |\n"
@@ -410,8 +432,8 @@ def main(argv=None):
     if args.json:
         config = {name: getattr(args, name) for name in (
             "tokens", "features", "hidden", "experts", "topk", "steps",
-            "warmup", "capacity_factor", "image_size", "images", "channels",
-            "conv_experts", "dense_max_experts", "pipeline_epochs")}
+            "warmup", "repeats", "capacity_factor", "image_size", "images",
+            "channels", "conv_experts", "dense_max_experts", "pipeline_epochs")}
         with open(args.json, "w") as f:
             json.dump({"machine": info, "config": config, "rows": rows}, f,
                       indent=1)

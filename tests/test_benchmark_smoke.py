@@ -45,3 +45,26 @@ def test_bench_moe_quick_writes_json(tmp_path):
         if key[1] not in ("baseline", "cnn-dense-h64"):
             assert row["vs_baseline"] > 0, key
     assert rows[("MoEDense", "sparse", 8, 1)]["vs_n8"] == 1.0
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_moe", ROOT / "benchmarks" / "bench_moe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_median_rows_takes_each_configurations_median_pass():
+    bench = _bench_module()
+    passes = [
+        [dict(layer="MoEDense", dispatch="sparse", n=8, k=1, ms=ms, fwd_bwd_ms=fb)]
+        for ms, fb in ((10.0, 4.0), (30.0, 5.0), (20.0, 100.0))
+    ]
+    (row,) = bench.median_rows(passes)
+    assert row["ms"] == 20.0 and row["fwd_bwd_ms"] == 5.0
+    assert row["ms_passes"] == [10.0, 30.0, 20.0]
+    # torch has no forward+backward timing: None stays None.
+    (row,) = bench.median_rows([[dict(ms=1.0, fwd_bwd_ms=None)], [dict(ms=3.0, fwd_bwd_ms=None)]])
+    assert row["ms"] == 2.0 and row["fwd_bwd_ms"] is None
