@@ -39,7 +39,7 @@ def cosine_router_logits(features, kernel, temperature):
     feature map) has no such bound: Adam moves every one of its `d` weights
     by about the learning rate per step, the logits grow with `d` and the
     softmax saturates within a few epochs, so a top-k mixture degenerates
-    to its first expert (see README, "Why the router saturated").
+    to its first expert (reports/router_saturation.md).
 
     Args:
         features: `(T, d)` float32 router features.

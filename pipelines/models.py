@@ -144,10 +144,9 @@ def resolve_routing(routing, top_k):
 
     The router is cosine (`router_type="cosine"`) unless the config says
     otherwise: the MoE block routes a flattened 3,136-wide conv feature map,
-    on which a linear router's logits grew to a standard deviation of 14
+    on which a linear router's logits grew to a standard deviation of 15
     within three epochs, so MoE(3,5) mixed its 3 experts with weights
-    0.94/0.06/0.005, in effect a top-1 layer (README, "Why the router
-    saturated").
+    0.96/0.03/0.005, in effect a top-1 layer (reports/router_saturation.md).
 
     `bias_update_rate=None` means "auto":
     The DeepSeek-V3 bias is on (1e-3) for k >= 2, where the selected

@@ -21,7 +21,6 @@ import argparse
 import csv
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -126,14 +125,15 @@ def format_row(row):
 
 def write_report(rows, path, command, seconds):
     """Writes the Markdown table and `<stem>.csv` atomically."""
+    from pipelines.train import device_description
     from pipelines.train import write_text_atomically
 
     path = Path(path)
     lines = [
         "# Router saturation: MoE(3,5) h64 on the pipeline's CNN",
         "",
-        f"Command: `{command}` ({seconds / 60:.1f} min on {platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, no GPU). Embedded sample, 3,600 training / "
+        f"Command: `{command}` ({seconds / 60:.1f} min on {device_description()}). "
+        "Embedded sample, 3,600 training / "
         "400 validation images, seed 0; statistics on the validation images "
         "after each epoch.",
         "",
