@@ -16,9 +16,11 @@ Both moves are gathers, and so are their gradients: every slot holds one
 token choice and every choice sits in at most one slot, so the plan carries
 the map in both directions (`DispatchPlan`) and `gather_rows` differentiates
 a gather with the gather through the inverse map. Autodiff would instead
-scatter-add the gradient, which XLA runs as a serial loop on CPU (it was a
-fifth of the sparse layer's forward+backward time, `benchmarks/README.md`)
-and with atomics on GPU.
+scatter-add the gradient (XLA: a serial loop on CPU, atomics on GPU).
+Measured on a 2-core CPU (JAX, 8,192 tokens of 256 features, k=1): routing
+and dispatch alone went from 13.7 to 3.8 ms forward+backward at n=8; the
+whole sparse layer with hidden-512 experts from 66.0 to 64.9 ms at n=8 and
+from 86.0 to 81.1 ms at n=64 (`benchmarks/README.md`).
 
 Only `keras.ops` with shapes known at trace time (given the batch), so both
 run under `jit_compile=True` on TensorFlow and JAX.
