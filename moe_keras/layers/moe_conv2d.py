@@ -14,8 +14,8 @@ from moe_keras.layers.moe_layer import reshape_like
 ROUTING_MODES = ("sample", "pixel")
 DISPATCH_MODES = ("auto", "dense", "sparse")
 # Expert count from which `dispatch="auto"` takes the CondConv path: a
-# training step measured about 2 plain convolutions for CondConv whatever
-# `n` and about `n` for the dense path (benchmarks/README.md, CPU).
+# training step measured 2-3 plain convolutions for CondConv whatever `n`
+# and about `n` for the dense path (benchmarks/README.md, CPU).
 SPARSE_MIN_EXPERTS = 4
 
 
@@ -49,8 +49,8 @@ class MoEConv2D(MoELayer):
       * `"auto"`: sparse for sample routing with at least
         `SPARSE_MIN_EXPERTS` (4) experts and a known image size, dense
         otherwise. Measured on CPU (`benchmarks/README.md`), a CondConv
-        training step costs about two plain Conv2D steps whatever `n`, and
-        the dense path about `n`; at 2 experts they tie.
+        training step costs two to three plain Conv2D steps whatever `n`,
+        and the dense path about `n`; at 2 experts they tie.
 
     Routing is always dropless. Balancing losses, router noise and
     statistics work as in `MoEDense` (see `MoELayer`).
