@@ -343,7 +343,9 @@ def median_rows(passes):
     rows = [dict(row) for row in passes[0]]
     for index, row in enumerate(rows):
         for metric in ("ms", "fwd_bwd_ms"):
-            values = [p[index][metric] for p in passes]
+            # Pipeline rows time only the whole step: they have no
+            # forward+backward entry to take a median of.
+            values = [p[index].get(metric) for p in passes]
             if None in values:
                 continue
             row[f"{metric}_passes"] = values

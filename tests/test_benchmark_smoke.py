@@ -68,3 +68,6 @@ def test_median_rows_takes_each_configurations_median_pass():
     # torch has no forward+backward timing: None stays None.
     (row,) = bench.median_rows([[dict(ms=1.0, fwd_bwd_ms=None)], [dict(ms=3.0, fwd_bwd_ms=None)]])
     assert row["ms"] == 2.0 and row["fwd_bwd_ms"] is None
+    # Pipeline rows time the whole step only and have no fwd_bwd_ms key.
+    (row,) = bench.median_rows([[dict(ms=1.0)], [dict(ms=5.0)], [dict(ms=2.0)]])
+    assert row["ms"] == 2.0 and "fwd_bwd_ms" not in row
