@@ -1,11 +1,13 @@
-"""Times the routing pieces of a sparse `MoEDense` step one by one (JAX).
+"""Times the pieces of a sparse `MoEDense` step one by one (JAX).
 
-What of the layer's cost grows with the number of experts `n` besides the
-experts' weights: the router matmul and softmax with their gradient, the
-top-k selection and the capacity ranks over the `(T, n)` scores, the
-dispatch plan and the token gather. Medians of 20 jit-compiled runs, in ms::
+What of the layer's cost grows with the number of experts `n`: the router
+matmul and softmax with their gradient, the top-k selection and the capacity
+ranks over the `(T, n)` scores, the dispatch plan, the token gather, and the
+experts' own two batched matmuls over the `(n, capacity, d)` buffers, whose
+FLOPs are the same at every `n` but whose weights grow with it. Medians of
+20 jit-compiled runs, in ms::
 
-    python benchmarks/profile_routing.py [--tokens 8192] [--features 256]
+    python benchmarks/profile_routing.py [--tokens 8192] [--features 256] [--hidden 512]
 """
 
 import argparse
@@ -34,7 +36,12 @@ def median_ms(function, *args, runs=20):
     return 1e3 * statistics.median(times)
 
 
-def profile(tokens, features, num_experts, top_k):
+def expert_matmuls_loss(kernel_in, kernel_out, slots):
+    hidden = jax.nn.relu(jax.numpy.einsum("ecd,edh->ech", slots, kernel_in))
+    return (jax.numpy.einsum("ech,ehd->ecd", hidden, kernel_out) ** 2).sum()
+
+
+def profile(tokens, features, num_experts, top_k, hidden):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(tokens, features)).astype("float32")
     kernel = 0.05 * rng.normal(size=(features, num_experts)).astype("float32")
@@ -50,6 +57,9 @@ def profile(tokens, features, num_experts, top_k):
     _, indices = routing.top_k_routing(probabilities, top_k, None, normalize)
     positions, keep = routing.assign_capacity(indices, num_experts, capacity)
     plan = dispatch.sparse_dispatch_plan(indices, positions, keep, num_experts, capacity)
+    slots = rng.normal(size=(num_experts, capacity, features)).astype("float32")
+    kernel_in = 0.05 * rng.normal(size=(num_experts, features, hidden)).astype("float32")
+    kernel_out = 0.05 * rng.normal(size=(num_experts, hidden, features)).astype("float32")
     return {
         "router fwd+bwd": median_ms(jax.grad(router_loss, argnums=(0, 1)), kernel, x),
         "top-k": median_ms(
@@ -65,6 +75,9 @@ def profile(tokens, features, num_experts, top_k):
         "gather fwd+bwd": median_ms(
             jax.grad(lambda x: (dispatch.gather_tokens(x, plan, num_experts) ** 2).sum()), x
         ),
+        "expert matmuls fwd+bwd": median_ms(
+            jax.grad(expert_matmuls_loss, argnums=(0, 1, 2)), kernel_in, kernel_out, slots
+        ),
     }
 
 
@@ -72,12 +85,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--experts", default="8,64")
     parser.add_argument("--topk", default="1,2")
     args = parser.parse_args()
     for top_k in (int(v) for v in args.topk.split(",")):
         for num_experts in (int(v) for v in args.experts.split(",")):
-            times = profile(args.tokens, args.features, num_experts, top_k)
+            times = profile(args.tokens, args.features, num_experts, top_k, args.hidden)
             print(f"k={top_k} n={num_experts}: " + ", ".join(
                 f"{name} {ms:.2f} ms" for name, ms in times.items()), flush=True)
 
