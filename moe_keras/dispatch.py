@@ -60,8 +60,10 @@ def sparse_dispatch_plan(expert_indices, positions, keep, num_experts, capacity)
     Returns:
         A `DispatchPlan`.
     """
+    expert_indices = ops.convert_to_tensor(expert_indices)
+    positions = ops.convert_to_tensor(positions)
     num_slots = num_experts * capacity
-    kept = keep > 0
+    kept = ops.convert_to_tensor(keep) > 0
     slot_ids = ops.where(kept, expert_indices * capacity + positions, num_slots)
     # Choice ids from a cumsum rather than `arange(T * k)`: the ids then
     # share the tokens' own (possibly dynamic) batch size under XLA.

@@ -137,5 +137,6 @@ def loss_free_bias_update(selection_bias, expert_counts, rate):
     Returns:
         The new `(n,)` bias.
     """
+    expert_counts = ops.convert_to_tensor(expert_counts)
     error = ops.mean(expert_counts) - expert_counts
-    return selection_bias + rate * ops.sign(error)
+    return ops.convert_to_tensor(selection_bias) + rate * ops.sign(error)

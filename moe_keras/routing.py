@@ -77,6 +77,7 @@ def top_k_routing(probabilities, top_k, selection_bias=None, normalize=True):
         `(weights, indices)`: `(T, k)` float32 weights and `(T, k)` int32
         expert indices, best expert first.
     """
+    probabilities = ops.convert_to_tensor(probabilities)
     scores = probabilities
     if selection_bias is not None:
         scores = scores + ops.cast(selection_bias, scores.dtype)

@@ -115,6 +115,11 @@ def sparse_gradients(tokens, kernels, weights, indices, keep, plan, use_plan_gra
             tape.watch(variables)
             value = mixture(*variables)
         return [tf.convert_to_tensor(g) for g in tape.gradient(value, variables)]
+    if backend == "torch":
+        import torch
+
+        variables = [torch.tensor(v, requires_grad=True) for v in (tokens, kernels, weights)]
+        return torch.autograd.grad(mixture(*variables), variables)
     pytest.skip(f"no gradient helper for the {backend} backend")
 
 
