@@ -180,7 +180,8 @@ def accuracy_by_dataset(summary: pd.DataFrame, path: Path):
 
 
 def routing_heatmaps(matrices: dict, dataset: str, path: Path):
-    """Class x expert heatmaps: share of each class's test inputs per expert."""
+    """Class x expert heatmaps: each expert's share of a class's expert slots
+    (k per test input, so for k=1 the share of the class's inputs)."""
     figure, axes = plt.subplots(1, len(matrices), figsize=(3 + 0.7 * sum(m.shape[1] for m in matrices.values()), 4.6),
                                 squeeze=False, gridspec_kw={"width_ratios": [m.shape[1] for m in matrices.values()]})
     for axis, (label, counts) in zip(axes[0], matrices.items()):
@@ -194,7 +195,7 @@ def routing_heatmaps(matrices: dict, dataset: str, path: Path):
         axis.set_xlabel("expert")
         axis.set_ylabel("class")
         axis.set_title(f"MoE {label}")
-    figure.colorbar(image, ax=axes[0].tolist(), label="% of the class's test inputs")
+    figure.colorbar(image, ax=axes[0].tolist(), label="% of the class's expert slots (k per test input)")
     figure.suptitle(f"Which expert each class is routed to ({dataset} test set)")
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
