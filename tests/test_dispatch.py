@@ -19,6 +19,24 @@ def route(probs, k, capacity):
     return weights, indices, positions, keep
 
 
+def random_problem(seed, num_tokens, features, units, num_experts, k, capacity):
+    """Random tokens, expert kernels and their routing:
+    `(tokens, kernels, weights, indices, positions, keep)`."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.normal(size=(num_tokens, features)).astype("float32")
+    kernels = rng.normal(size=(num_experts, features, units)).astype("float32")
+    logits = rng.normal(size=(num_tokens, num_experts)).astype("float32")
+    probs = np_(routing.router_probabilities(logits))
+    return (tokens, kernels, *route(probs, k, capacity))
+
+
+def sparse_mixture(tokens, kernels, plan, weights, keep):
+    """Linear experts through the sparse path: gather, matmul, combine."""
+    buffers = dispatch.gather_tokens(tokens, plan, kernels.shape[0])
+    outputs = ops.einsum("etd,edu->etu", buffers, kernels)
+    return dispatch.combine_slots(outputs, plan, weights, keep)
+
+
 def test_capacity_drops_exactly_the_tokens_beyond_capacity():
     # 6 tokens, all prefer expert 0; capacity 2 -> tokens 0, 1 kept, 2..5 dropped.
     probs = np.tile(np.array([[0.9, 0.1]], "float32"), (6, 1))
@@ -39,16 +57,11 @@ def test_capacity_drops_exactly_the_tokens_beyond_capacity():
 
 
 def test_sparse_equals_dense_when_nothing_is_dropped():
-    rng = np.random.default_rng(1)
-    tokens = rng.normal(size=(10, 3)).astype("float32")
-    kernels = rng.normal(size=(4, 3, 5)).astype("float32")
-    probs = np_(routing.router_probabilities(rng.normal(size=(10, 4)).astype("float32")))
-    weights, indices, positions, keep = route(probs, 2, capacity=10)
+    tokens, kernels, weights, indices, positions, keep = random_problem(1, 10, 3, 5, 4, 2, capacity=10)
     combine = routing.combine_weights(weights, indices, 4, keep)
     dense = np_(dispatch.dense_combine(ops.einsum("td,edu->etu", tokens, kernels), combine))
     plan = dispatch.sparse_dispatch_plan(indices, positions, keep, 4, 10)
-    buffers = dispatch.gather_tokens(tokens, plan, 4)
-    sparse = np_(dispatch.combine_slots(ops.einsum("etd,edu->etu", buffers, kernels), plan, weights, keep))
+    sparse = np_(sparse_mixture(tokens, kernels, plan, weights, keep))
     np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-5)
     # And both equal the per-token hand computation.
     by_hand = np.stack([
@@ -87,9 +100,7 @@ def sparse_gradients(tokens, kernels, weights, indices, keep, plan, use_plan_gra
 
     def mixture(tokens, kernels, weights):
         if use_plan_gradient:
-            buffers = dispatch.gather_tokens(tokens, plan, num_experts)
-            outputs = ops.einsum("etd,edu->etu", buffers, kernels)
-            mixed = dispatch.combine_slots(outputs, plan, weights, keep)
+            mixed = sparse_mixture(tokens, kernels, plan, weights, keep)
         else:
             padded = ops.concatenate([tokens, ops.zeros((1, tokens.shape[-1]))])
             buffers = ops.take(padded, plan.slot_choices // top_k, axis=0)
@@ -124,11 +135,7 @@ def sparse_gradients(tokens, kernels, weights, indices, keep, plan, use_plan_gra
 
 
 def test_plan_gradients_equal_autodiff_gradients_with_dropped_choices():
-    rng = np.random.default_rng(3)
-    tokens = rng.normal(size=(9, 3)).astype("float32")
-    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
-    probs = np_(routing.router_probabilities(rng.normal(size=(9, 4)).astype("float32")))
-    weights, indices, positions, keep = route(probs, 2, capacity=3)
+    tokens, kernels, weights, indices, positions, keep = random_problem(3, 9, 3, 2, 4, 2, capacity=3)
     assert 0 < np_(keep).mean() < 1  # some choices dropped, some kept
     plan = dispatch.sparse_dispatch_plan(indices, positions, keep, 4, 3)
     weights = np_(weights)
