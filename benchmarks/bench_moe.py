@@ -326,7 +326,8 @@ def pipeline_rows(keras, args):
     return rows
 
 
-def _ms(value):
+def _fmt(value):
+    """A time or ratio for the tables, `-` where it was not measured."""
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -334,7 +335,7 @@ def print_row(row):
     n = "-" if row["n"] is None else row["n"]
     k = "-" if row["k"] is None else row["k"]
     print(f"{row['layer']:<10} {row['dispatch']:<15} {n!s:>4} {k!s:>3} "
-          f"{_ms(row.get('fwd_bwd_ms')):>10} {_ms(row['ms']):>10}", flush=True)
+          f"{_fmt(row.get('fwd_bwd_ms')):>10} {_fmt(row['ms']):>10}", flush=True)
 
 
 def median_rows(passes):
@@ -387,17 +388,13 @@ def auto_check(rows):
     lines = []
     for (layer, n, k), measured in pairs.items():
         picked = [r["dispatch"] for r in measured if r["auto_picks"]]
-        fastest = min(measured, key=lambda r: r["ms"])["dispatch"]
         if len(measured) < 2 or not picked:
             continue
+        fastest = min(measured, key=lambda r: r["ms"])["dispatch"]
         verdict = "faster" if picked[0] == fastest else "SLOWER"
         lines.append(f"auto {layer} n={n} k={k}: picks {picked[0]}, the {verdict} "
                      "of the two measured steps")
     return lines
-
-
-def _ratio(value):
-    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None):
@@ -425,9 +422,9 @@ def main(argv=None):
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['layer']} | {r['dispatch']} | {r['n'] or '-'} | {r['k'] or '-'} "
-              f"| {_ms(r.get('fwd_bwd_ms'))} | {_ratio(r.get('fwd_bwd_vs_baseline'))} "
-              f"| {_ratio(r.get('fwd_bwd_vs_n8'))} | {_ms(r['ms'])} "
-              f"| {_ratio(r.get('vs_baseline'))} | {_ratio(r.get('vs_n8'))} "
+              f"| {_fmt(r.get('fwd_bwd_ms'))} | {_fmt(r.get('fwd_bwd_vs_baseline'))} "
+              f"| {_fmt(r.get('fwd_bwd_vs_n8'))} | {_fmt(r['ms'])} "
+              f"| {_fmt(r.get('vs_baseline'))} | {_fmt(r.get('vs_n8'))} "
               f"| {'picked' if r.get('auto_picks') else ''} |")
     for line in auto_check(rows):
         print(line)
@@ -436,9 +433,10 @@ def main(argv=None):
             "tokens", "features", "hidden", "experts", "topk", "steps",
             "warmup", "repeats", "capacity_factor", "image_size", "images",
             "channels", "conv_experts", "dense_max_experts", "pipeline_epochs")}
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "config": config, "rows": rows}, f,
-                      indent=1)
+        from pipelines.train import write_text_atomically
+
+        write_text_atomically(args.json, json.dumps(
+            {"machine": info, "config": config, "rows": rows}, indent=1))
     return rows
 
 
