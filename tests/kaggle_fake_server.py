@@ -118,6 +118,9 @@ class FakeKaggleServer:
         final_status: ``"COMPLETE"`` or ``"ERROR"``.
         public_score: ``publicScore`` string for COMPLETE submissions.
         error_description: ``errorDescription`` for ERROR submissions.
+        flaky: Answer HTTP 503 to this many requests before serving each
+            one, on every endpoint: every call then needs ``flaky + 1``
+            attempts, as from a Kaggle that is overloaded but up.
         requests: Every request received, in order.
         submissions: Submissions created, newest last.
     """
@@ -132,6 +135,7 @@ class FakeKaggleServer:
     final_status: str = "COMPLETE"
     public_score: str = "0.98765"
     error_description: str = "Submission must have 28000 rows"
+    flaky: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
     submissions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -140,6 +144,7 @@ class FakeKaggleServer:
         self._blobs: dict[str, bytes] = {}
         self._blob_names: dict[str, str] = {}
         self._polls: dict[int, int] = {}
+        self._flaky_seen: dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -210,7 +215,13 @@ class FakeKaggleServer:
     def _next_fault(self, endpoint: str) -> Fault | None:
         with self._lock:
             queue = self._faults.get(endpoint)
-            return queue.popleft() if queue else None
+            if queue:
+                return queue.popleft()
+            if self.flaky:
+                seen = self._flaky_seen[endpoint] = self._flaky_seen.get(endpoint, 0) + 1
+                if seen % (self.flaky + 1):
+                    return Fault(503, "Service Unavailable (flaky)")
+            return None
 
     # -- behaviour ---------------------------------------------------------
     def _rpc(self, method: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:

@@ -189,12 +189,47 @@ def test_download_rules_not_accepted(kaggle_server, tmp_path: Path) -> None:
     assert kaggle_server.endpoints == ["DownloadDataFiles"]  # 4xx is not retried
 
 
-def test_extract_skips_paths_outside_data_dir(tmp_path: Path) -> None:
-    archive = tmp_path / "evil.zip"
-    archive.write_bytes(make_zip({"../escaped.csv": "x", "train.csv": "y"}))
-    (tmp_path / "d").mkdir()
-    assert pk._extract_archive(archive, tmp_path / "d") == ["train.csv"]
-    assert not (tmp_path / "escaped.csv").exists()
+def test_download_archive_cannot_write_outside_data_dir(kaggle_server, tmp_path: Path) -> None:
+    kaggle_server.data_zip = make_zip({"../escaped.csv": "x", "train.csv": TINY_TRAIN, "test.csv": TINY_TEST})
+    data_dir = tmp_path / "d"
+    assert pk.download_competition_data(data_dir, log=lambda _m: None) is True
+    assert not list(tmp_path.rglob("escaped.csv"))
+    assert sorted(os.listdir(data_dir)) == ["test.csv", "train.csv"]
+
+
+def test_download_not_a_zip_leaves_data_dir_as_it_was(kaggle_server, tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    (data_dir / "train.csv").write_text("good train\n")
+    (data_dir / "sample_submission.csv").write_text("good sample\n")
+    before = {p.name: _snapshot(p) for p in data_dir.iterdir()}
+    kaggle_server.data_zip = b"<html>Service temporarily unavailable</html>"
+    with pytest.raises(pk.KaggleError, match="not a valid zip archive") as info:
+        pk.download_competition_data(data_dir, log=lambda _m: None)
+    assert info.value.kind == "data" and "\n" not in str(info.value)
+    assert info.value.retry_command == pk.download_command(data_dir)
+    assert {p.name: _snapshot(p) for p in data_dir.iterdir()} == before  # no archive, no staging dir
+
+
+def test_download_replaces_csvs_only_when_complete(kaggle_server, tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    (data_dir / "test.csv").write_text("old test\n")
+    kaggle_server.data_zip = make_zip({"train.csv": TINY_TRAIN})
+    with pytest.raises(pk.KaggleError, match=r"test\.csv is missing"):
+        pk.download_competition_data(data_dir, log=lambda _m: None)
+    assert sorted(os.listdir(data_dir)) == ["test.csv"]
+    assert (data_dir / "test.csv").read_text() == "old test\n"
+
+
+def test_download_on_a_flaky_server(kaggle_server, tmp_path: Path) -> None:
+    # The client follows the redirect to the archive within the one
+    # DownloadDataFiles request, so an attempt succeeds only when both hops
+    # are served: with two 503s before each answer that is the ninth.
+    kaggle_server.flaky = 2
+    assert pk.download_competition_data(tmp_path / "d", retries=8, backoff=0.001, log=lambda _m: None)
+    assert (tmp_path / "d" / "train.csv").read_text() == TINY_TRAIN
+    assert kaggle_server.endpoints.count("DownloadDataFiles") == 9
 
 
 # --------------------------------------------------------------------------
@@ -245,7 +280,7 @@ def test_record_submission_needs_existing_object(tmp_path: Path) -> None:
 
 def test_list_submissions_and_limits(kaggle_server, submission_file: Path) -> None:
     pk.submit(submission_file, MESSAGE, **FAST)
-    rows = pk.list_submissions(log=lambda _m: None)
+    rows = pk.list_submissions()
     assert [(r["ref"], r["file_name"], r["description"], r["status"], r["public_score"]) for r in rows] == [
         (1001, "submission.csv", MESSAGE, "COMPLETE", pytest.approx(0.98765))
     ]
@@ -253,7 +288,7 @@ def test_list_submissions_and_limits(kaggle_server, submission_file: Path) -> No
     table = pk.format_submissions_table(rows)
     assert "1001" in table and "0.98765" in table and table.splitlines()[0].startswith("ref")
     assert pk.format_submissions_table([]) == "(no submissions)"
-    assert pk.submission_limits(log=lambda _m: None) == {
+    assert pk.submission_limits() == {
         "num_today": 2, "num_total": 7, "num_allowed_now": 3, "limited_by_total": False,
     }
 
@@ -354,12 +389,21 @@ def test_ambiguous_create_failure_is_not_submitted_twice(kaggle_server, submissi
     assert kaggle_server.endpoints.count("CreateSubmission") == 1
 
 
-def test_failed_upload_reported_without_raise(kaggle_server, submission_file: Path) -> None:
-    # The blob PUT fails; kaggle 2.2 then *returns* "Could not submit to competition".
-    kaggle_server.script("upload", *[Fault(500, "storage error", json_error=False)] * 2)
+def test_incomplete_blob_upload_gives_up_after_retries(kaggle_server, submission_file: Path) -> None:
+    # The client reports a PUT answered 503 as INCOMPLETE, safe to resume.
+    kaggle_server.script("upload", *[Fault(503, "storage busy", json_error=False)] * 2)
     err = _expect_submit_error(submission_file, retries=1)
-    assert err.kind == "upload" and "Could not submit to competition" in str(err)
-    assert "after 2 attempts" in str(err)
+    assert err.kind == "upload" and "after 2 attempts" in str(err) and "no submission was created" in str(err)
+    assert kaggle_server.endpoints.count("upload") == 2
+    assert "CreateSubmission" not in kaggle_server.endpoints and not kaggle_server.submissions
+
+
+def test_refused_blob_upload_is_not_retried(kaggle_server, submission_file: Path) -> None:
+    # Any other failed PUT is FAILED to the client: restarting would hit the same error.
+    kaggle_server.script("upload", Fault(400, "bad blob", json_error=False))
+    err = _expect_submit_error(submission_file)
+    assert err.kind == "upload" and "refused the file" in str(err)
+    assert kaggle_server.endpoints.count("upload") == 1
     assert "CreateSubmission" not in kaggle_server.endpoints and not kaggle_server.submissions
 
 
@@ -370,10 +414,32 @@ def test_create_without_ref_is_an_error(kaggle_server, submission_file: Path) ->
     assert kaggle_server.endpoints.count("CreateSubmission") == 1  # a refusal is not retried
 
 
-def test_create_could_not_submit_is_retried(kaggle_server, submission_file: Path) -> None:
-    kaggle_server.script("CreateSubmission", Fault(200, body={"message": "Could not submit to competition"}))
-    assert pk.submit(submission_file, MESSAGE, **FAST).status == "COMPLETE"
-    assert kaggle_server.endpoints.count("CreateSubmission") == 2
+def test_each_request_is_retried_alone(kaggle_server, submission_file: Path) -> None:
+    # A failed PUT retries the PUT, not the StartSubmissionUpload before it.
+    kaggle_server.script("upload", Fault(503, "storage busy", json_error=False))
+    assert pk.submit(submission_file, MESSAGE, retries=1, **FAST).status == "COMPLETE"
+    assert kaggle_server.endpoints.count("StartSubmissionUpload") == 1
+    assert kaggle_server.uploaded == [submission_file.read_bytes()] * 2
+    assert kaggle_server.endpoints.count("CreateSubmission") == 1 and len(kaggle_server.submissions) == 1
+
+
+def test_submit_on_a_server_that_answers_503_twice_to_every_call(kaggle_server, submission_file: Path) -> None:
+    kaggle_server.flaky = 2
+    kaggle_server.pending_polls = 1
+    result = pk.submit(submission_file, MESSAGE, retries=2, **FAST)
+    assert (result.ref, result.status, result.public_score) == (1001, "COMPLETE", pytest.approx(0.98765))
+    assert len(kaggle_server.submissions) == 1
+    for endpoint in ("GetSubmissionLimits", "StartSubmissionUpload", "upload", "CreateSubmission"):
+        assert kaggle_server.endpoints.count(endpoint) == 3, endpoint
+    # Two polls (PENDING, COMPLETE), each after two 503s.
+    assert kaggle_server.endpoints.count("GetSubmission") == 6
+
+
+def test_flaky_server_beyond_the_retries_fails_cleanly(kaggle_server, submission_file: Path) -> None:
+    kaggle_server.flaky = 2
+    err = _expect_submit_error(submission_file, retries=1)
+    assert (err.kind, err.status_code) == ("server", 503) and "after 2 attempts" in str(err)
+    assert kaggle_server.endpoints == ["GetSubmissionLimits"] * 2
 
 
 def test_scored_as_error(kaggle_server, submission_file: Path) -> None:
