@@ -1,12 +1,13 @@
 """Command line of `python -m pipelines.digit_recognizer`.
 
-    python -m pipelines.digit_recognizer --moe 3,5 --hidden 64      # one run
+    python -m pipelines.digit_recognizer --moe 3,5 --hidden 64      # one run (`train` is the default)
     python -m pipelines.digit_recognizer --grid [--submit]          # the grid
     python -m pipelines.digit_recognizer submit FILE [-m MSG]       # upload a file
     python -m pipelines.digit_recognizer submissions                # past scores
 
 Exit codes: 0 success, 1 a Kaggle action failed (local files kept), 2 bad
-input or arguments (nothing written).
+input or arguments (nothing written), 130 interrupted (Ctrl-C; finished
+files kept, nothing half-written, a grid resumes where it stopped).
 """
 
 import argparse
@@ -17,7 +18,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines import data
+# Neither imports Keras nor the kaggle client: `submit` and `submissions`
+# start without TensorFlow.
+from pipelines import data, kaggle
+from pipelines.records import markdown_table, write_text_atomically
+
+PROG = "python -m pipelines.digit_recognizer"
 
 DEFAULT_DATA_DIR = Path("data/digit-recognizer")
 SUBMISSIONS_DIR = Path("submissions")
@@ -49,12 +55,7 @@ def _pair(text):
     return k, n
 
 
-def _train_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.digit_recognizer",
-        description="Train MoE(k,n) digit classifiers on Kaggle's digit-recognizer "
-        "CSVs and write submissions. Subcommands: `submit FILE`, `submissions`.",
-    )
+def _add_train_arguments(parser):
     model = parser.add_argument_group("model")
     model.add_argument("--moe", type=_pair, metavar="K,N", help="MoE(K,N) feature block: top-K of N experts (omit for the dense baseline)")
     model.add_argument("--hidden", type=int, default=64, help="expert hidden size (MoE) or hidden width (baseline); default 64")
@@ -89,21 +90,36 @@ def _train_parser():
     io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
     io_group.add_argument("--out", type=Path, help="submission path (default submissions/<run-name>.csv); with --grid, the output folder")
     io_group.add_argument("--grid", action="store_true", help="train the reference grid (resumes: finished configs are skipped)")
-    kaggle = parser.add_argument_group("Kaggle")
-    kaggle.add_argument("--submit", action="store_true", help="upload the submission(s) and record the public score")
-    kaggle.add_argument("--message", help="submission message (default: run name and config)")
-    kaggle.add_argument("--wait", type=float, default=600.0, help="seconds to wait for scoring")
+    upload = parser.add_argument_group("Kaggle")
+    upload.add_argument("--submit", action="store_true", help="upload the submission(s) and record the public score")
+    upload.add_argument("--message", help="submission message (default: run name and config)")
+    upload.add_argument("--wait", type=float, default=600.0, help="seconds to wait for scoring")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train MoE(k,n) digit classifiers on Kaggle's digit-recognizer CSVs, "
+        "write and upload submissions.",
+        epilog=f"Without a command the arguments go to `train`: `{PROG} --moe 3,5` is "
+        f"`{PROG} train --moe 3,5`.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_arguments(commands.add_parser(
+        "train", help="train one model, or the reference grid (the default command)",
+        description="Train an MoE(K,N) digit classifier (or the dense baseline, or the grid) "
+        "and write its submission and run record."))
+    submit = commands.add_parser("submit", help="upload a submission file and record its score")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("-m", "--message", help="submission message (default: the file name)")
+    submit.add_argument("--wait", type=float, default=600.0, help="seconds to wait for scoring")
+    submit.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="test.csv's folder, for the row count check")
+    submit.add_argument("--record", type=Path, help="run record to store the score in (default: FILE with .json, if it exists)")
+    commands.add_parser("submissions", help="list this account's recent submissions and scores")
     return parser
 
 
-def _submit_parser():
-    parser = argparse.ArgumentParser(prog="python -m pipelines.digit_recognizer submit")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("-m", "--message", help="submission message (default: the file name)")
-    parser.add_argument("--wait", type=float, default=600.0)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="test.csv's folder, for the row count check")
-    parser.add_argument("--record", type=Path, help="run record to store the score in (default: FILE with .json, if it exists)")
-    return parser
+COMMANDS = ("train", "submit", "submissions")
 
 
 def _configs_from_args(args):
@@ -150,8 +166,6 @@ def _configs_from_args(args):
 
 
 def _prepare_data(directory):
-    from pipelines import kaggle
-
     return data.prepare_data_dir(directory, download=kaggle.download_competition_data)
 
 
@@ -160,36 +174,63 @@ def _describe(model_config, train_config):
     return f"{model_config.name} seed={train_config.seed} epochs={train_config.epochs} {routing}".strip()
 
 
-def _submit_and_record(submission, record, message, wait, expected_rows):
-    """Uploads one file; on failure says how to retry. Returns the result or None."""
-    from pipelines import kaggle
+def _kaggle_failure(error, *after):
+    """One line on stderr: what failed, how to retry by hand, what was kept."""
+    parts = [f"error: {error}"]
+    if error.retry_command:
+        parts.append(f"Retry by hand: {error.retry_command}")
+    print(" ".join(parts + list(after)), file=sys.stderr)
 
-    try:
-        result = kaggle.submit(submission, message, wait=wait, expected_rows=expected_rows)
-    except kaggle.KaggleError as error:
-        print(f"Kaggle upload failed: {error}", file=sys.stderr)
-        if error.retry_command:
-            print(f"Retry by hand: {error.retry_command}", file=sys.stderr)
-        print(f"The local submission {submission} is kept.", file=sys.stderr)
-        return None
-    if record is not None and Path(record).exists():
-        kaggle.record_submission(record, result)
+
+def _report_score(submission, result):
     if result.status == "COMPLETE":
         print(f"Kaggle public score for {submission}: {result.public_score}")
     elif result.status == "ERROR":
         print(f"Kaggle could not score {submission}: {result.error_description}", file=sys.stderr)
     else:
         print(f"Kaggle is still scoring {submission} ({result.note or 'pending'}); "
-              "see `python -m pipelines.digit_recognizer submissions`.")
+              f"see `{PROG} submissions`.")
+
+
+def _submit_and_record(submission, record, message, wait, expected_rows):
+    """Uploads one file and keeps the outcome in `record` (if it exists);
+    on failure says how to retry. Returns the result, or None on failure."""
+    record = Path(record) if record is not None and Path(record).exists() else None
+
+    def keep(result):
+        if record is not None:
+            kaggle.record_submission(record, result)
+
+    try:
+        # The ref is recorded as soon as Kaggle has it: a Ctrl-C while
+        # waiting for the score then loses nothing.
+        result = kaggle.submit(submission, message, wait=wait, expected_rows=expected_rows, on_uploaded=keep)
+    except kaggle.KaggleError as error:
+        _kaggle_failure(error, f"The local submission {submission} is kept.")
+        return None
+    keep(result)
+    _report_score(submission, result)
     return result
 
 
 def _submit_run(args, model_config, train_config, submission, record_path):
     """Uploads a run's submission, checked against its test.csv row count
-    (kept in the run record), and stores the score in the record."""
+    (kept in the run record), and stores the score in the record. A
+    submission an interrupted run left PENDING is waited for, not resubmitted."""
+    record = _load_record(record_path)
+    pending = kaggle.result_from_record(record)
+    if pending is not None and pending.status == "PENDING":
+        print(f"Kaggle: waiting for submission {pending.ref} of {submission}, made earlier")
+        try:
+            result = kaggle.await_score(pending, wait=args.wait)
+        except kaggle.KaggleError as error:
+            _kaggle_failure(error)
+            return None
+        kaggle.record_submission(record_path, result)
+        _report_score(submission, result)
+        return result
     message = args.message or _describe(model_config, train_config)
-    test_rows = _load_record(record_path)["data"]["test_rows"]
-    return _submit_and_record(submission, record_path, message, args.wait, test_rows)
+    return _submit_and_record(submission, record_path, message, args.wait, record["data"]["test_rows"])
 
 
 def _run_single(args):
@@ -272,8 +313,6 @@ def grid_table_rows(records):
 
 def write_grid_table(rows, stem):
     """Writes `<stem>.csv` and `<stem>.md` atomically; returns both paths."""
-    from pipelines.train import write_text_atomically
-
     fields = list(rows[0])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -281,10 +320,8 @@ def write_grid_table(rows, stem):
     writer.writerows(rows)
     csv_path = Path(f"{stem}.csv")
     write_text_atomically(csv_path, buffer.getvalue())
-    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-    lines += ["| " + " | ".join(str(row[f]) for f in fields) + " |" for row in rows]
     md_path = Path(f"{stem}.md")
-    write_text_atomically(md_path, "\n".join(lines) + "\n")
+    write_text_atomically(md_path, markdown_table(fields, [[row[f] for f in fields] for row in rows]) + "\n")
     return csv_path, md_path
 
 
@@ -317,8 +354,14 @@ def _run_grid(args):
     return 1 if failures else 0
 
 
-def _run_submit(argv):
-    args = _submit_parser().parse_args(argv)
+def _run_train(args):
+    for name in ("epochs", "batch_size", "hidden"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    return _run_grid(args) if args.grid else _run_single(args)
+
+
+def _run_submit(args):
     test_csv = args.data / "test.csv"
     rows = len(data.read_test_csv(test_csv)) if test_csv.exists() else None
     record = args.record or args.file.with_suffix(".json")
@@ -326,33 +369,27 @@ def _run_submit(argv):
     return 0 if result is not None else 1
 
 
-def _run_submissions():
-    from pipelines import kaggle
-
-    try:
-        print(kaggle.format_submissions_table(kaggle.list_submissions()))
-    except kaggle.KaggleError as error:
-        print(f"Could not list submissions: {error}", file=sys.stderr)
-        return 1
+def _run_submissions(args):
+    print(kaggle.format_submissions_table(kaggle.list_submissions()))
     return 0
 
 
 def main(argv=None):
     """Entry point; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "train")
     try:
-        if argv[:1] == ["submit"]:
-            return _run_submit(argv[1:])
-        if argv[:1] == ["submissions"]:
-            return _run_submissions()
-        args = _train_parser().parse_args(argv)
-        for name in ("epochs", "batch_size", "hidden"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        return _run_grid(args) if args.grid else _run_single(args)
-    except data.DataError as error:
+        args = _parser().parse_args(argv)
+        return {"train": _run_train, "submit": _run_submit, "submissions": _run_submissions}[args.command](args)
+    except kaggle.KaggleError as error:
+        _kaggle_failure(error)
+        return 1
+    except (data.DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        # Every file is written whole or not at all (pipelines.records), so
+        # stopping here leaves finished runs kept and the grid resumable.
+        print("interrupted", file=sys.stderr)
+        return 130

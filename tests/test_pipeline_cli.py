@@ -171,3 +171,103 @@ def test_kaggle_only_commands_do_not_import_keras():
     code = "import sys, pipelines.cli; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_train_is_the_default_command(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run_train", lambda args: seen.append(vars(args)) or 0)
+    assert cli.main(["--moe", "3,5", "--hidden", "64"]) == 0
+    assert cli.main(["train", "--moe", "3,5", "--hidden", "64"]) == 0
+    assert cli.main([]) == 0
+    assert seen[0] == seen[1]
+    assert (seen[0]["command"], seen[0]["moe"], seen[0]["hidden"], seen[0]["grid"]) == ("train", (3, 5), 64, False)
+    assert (seen[2]["moe"], seen[2]["hidden"]) == (None, 64)
+
+
+def test_subcommands_parse_their_own_arguments(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(cli, "_run_submit", lambda args: seen.append(args) or 0)
+    assert cli.main(["submit", str(tmp_path / "a.csv"), "-m", "hello", "--wait", "3"]) == 0
+    assert (seen[0].file, seen[0].message, seen[0].wait) == (tmp_path / "a.csv", "hello", 3.0)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["submit", "a.csv", "--moe", "3,5"])  # a train option
+    assert exit_info.value.code == 2
+
+
+def test_download_that_is_not_a_zip_is_one_line_and_changes_nothing(tmp_path, kaggle_server, capsys):
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "sample_submission.csv").write_text("ImageId,Label\n1,0\n")
+    kaggle_server.data_zip = b"not a zip archive"
+    code = cli.main(["--moe", "1,2", "--data", str(source), "--out", str(tmp_path / "x.csv"), *FAST])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a valid zip archive" in err[0]
+    assert "kaggle competitions download -c digit-recognizer" in err[0]
+    assert os.listdir(source) == ["sample_submission.csv"]
+    assert (source / "sample_submission.csv").read_text() == "ImageId,Label\n1,0\n"
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_interrupted_grid_exits_130_and_resumes(tmp_path, monkeypatch, capsys):
+    from pipelines import train
+
+    source = write_tiny_competition(tmp_path / "data")
+    monkeypatch.setattr(cli, "GRID", (((1, 2), 4), (None, 64)))
+    out_dir = tmp_path / "grid"
+    args = ["--grid", "--arch", "mlp", "--data", str(source), "--out", str(out_dir), *FAST]
+    real_train_run = train.train_run
+
+    def interrupted_on_the_second(model_config, *rest, **kwargs):
+        if model_config.moe is None:
+            raise KeyboardInterrupt
+        return real_train_run(model_config, *rest, **kwargs)
+
+    monkeypatch.setattr(train, "train_run", interrupted_on_the_second)
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
+    assert sorted(p.name for p in out_dir.iterdir() if p.suffix in (".csv", ".json", ".md", ".tmp")) == [
+        "mlp-moe1of2-h4-s0.csv", "mlp-moe1of2-h4-s0.json"]
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]
+    finished = (out_dir / "mlp-moe1of2-h4-s0.json").stat().st_mtime_ns
+
+    monkeypatch.setattr(train, "train_run", real_train_run)
+    assert cli.main(args) == 0
+    output = capsys.readouterr().out
+    assert "mlp-moe1of2-h4-s0: finished earlier, not retrained" in output and "training mlp-dense-h64" in output
+    assert (out_dir / "mlp-moe1of2-h4-s0.json").stat().st_mtime_ns == finished
+    assert pd.read_csv(out_dir / "grid-results.csv")["Model"].tolist() == ["MoE(1,2)", "Dense baseline"]
+
+
+def test_interrupted_wait_for_the_score_keeps_the_ref(tmp_path, kaggle_server, monkeypatch, capsys):
+    import argparse
+    import importlib
+    import time
+    import types
+
+    # `pipelines.kaggle.submit` is also the function the package exports.
+    submit_module = importlib.import_module("pipelines.kaggle.submit")
+
+    submission = data.write_submission(tmp_path / "run.csv", [7, 2, 1])
+    record_path = submission.with_suffix(".json")
+    record_path.write_text(json.dumps({"status": "complete", "data": {"test_rows": 3}}))
+    kaggle_server.pending_polls = 10**6
+
+    def ctrl_c(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submit_module, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=ctrl_c))
+    assert cli.main(["submit", str(submission), "-m", "tiny", "--wait", "60"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
+    kept = json.loads(record_path.read_text())
+    assert (kept["kaggle"]["ref"], kept["kaggle"]["status"]) == (1001, "PENDING")
+    assert kept["data"] == {"test_rows": 3}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    # Resumed (as the grid does), the recorded submission is waited for, not made again.
+    monkeypatch.setattr(submit_module, "time", time)
+    kaggle_server.pending_polls = 0
+    result = cli._submit_run(argparse.Namespace(wait=5.0, message=None), None, None, submission, record_path)
+    assert (result.ref, result.status) == (1001, "COMPLETE")
+    assert len(kaggle_server.submissions) == 1
+    assert json.loads(record_path.read_text())["kaggle"]["public_score"] == pytest.approx(0.98765)
