@@ -137,6 +137,17 @@ def test_submit_failure_keeps_files_and_prints_retry_command(tmp_path, kaggle_se
     assert out.exists() and out.with_suffix(".json").exists()
 
 
+def test_submit_and_submissions_commands(tmp_path, kaggle_server, capsys):
+    submission = data.write_submission(tmp_path / "run.csv", [7, 2, 1])
+    assert cli.main(["submit", str(submission), "-m", "by hand", "--data", str(tmp_path / "none")]) == 0
+    assert "Kaggle public score for" in capsys.readouterr().out
+    assert kaggle_server.uploaded == [submission.read_bytes()]
+    assert cli.main(["submissions"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["ref", "date", "file", "status", "score", "description"]
+    assert "1001" in table[2] and "0.98765" in table[2] and "by hand" in table[2]
+
+
 def test_distribute_data_runs_under_mirrored_strategy(tmp_path):
     """One CPU replica is enough to build, train and predict in the scope."""
     import keras

@@ -153,7 +153,7 @@ def authenticated_api(retry_command: str | None = None) -> Any:
 # -- retries -------------------------------------------------------------------
 
 
-class _Transient(ConnectionError):
+class TransientError(ConnectionError):
     """A failure worth retrying that ``KaggleApi.with_retry`` would not retry.
 
     ``with_retry`` retries connection errors and 429 only; a 5xx or a read
@@ -177,7 +177,7 @@ def call(
     Each request gets its own ``retries``: a flaky server costs one retry of
     the request that failed, not of everything before it. ``with_retry``
     waits ``backoff * 1.7**i`` seconds before retry ``i`` (``Retry-After``
-    instead, on a 429). ``func`` may raise :class:`_Transient` subclasses
+    instead, on a 429). ``func`` may raise :class:`TransientError` subclasses
     itself to have its own soft failures retried.
 
     Raises:
@@ -192,14 +192,14 @@ def call(
             return func(*args, **kwargs)
         except Exception as exc:
             if not isinstance(exc, ConnectionError) and _is_server_side(exc):
-                raise _Transient(describe(exc)) from exc
+                raise TransientError(describe(exc)) from exc
             raise
 
     try:
         return api.with_retry(once, max_retries=retries + 1, initial_delay_millis=max(1, int(backoff * 1000)))()
     except KaggleError:
         raise
-    except _Transient as exc:
+    except TransientError as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         raise to_kaggle_error(cause, what=what, retry_command=retry_command, attempts=attempts) from cause
     except Exception as exc:

@@ -20,7 +20,7 @@ from pipelines.data import validate_submission
 from pipelines.kaggle.client import (
     COMPETITION,
     KaggleError,
-    _Transient,
+    TransientError,
     authenticated_api,
     call,
     is_transient,
@@ -106,7 +106,7 @@ def _check_quota(api: Any, retry: dict[str, Any], log: LogFn) -> None:
     log("Kaggle: quota reported as 0/0 (competition not joined yet?); trying anyway")
 
 
-class _PutIncomplete(_Transient):
+class _PutIncomplete(TransientError):
     """The blob PUT ended INCOMPLETE, which the client calls safe to resume."""
 
 
