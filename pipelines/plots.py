@@ -6,11 +6,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines.records import save_figure_atomically  # noqa: E402
+
 
 def _save(figure, path):
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        save_figure_atomically(figure, path, dpi=100)
+    finally:
+        # A figure left open after a failed write would pile up in pyplot.
+        plt.close(figure)
 
 
 def training_curves(record, path):

@@ -1,10 +1,8 @@
-"""Tests for pipelines.data: CSV loading, submissions, fallback data, idx files."""
+"""Tests for pipelines.data: CSV loading, submissions, fallback data."""
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,6 @@ from pipelines.data import (
     EMBEDDED_TEST_SIZE,
     DataError,
     DataSource,
-    load_idx_dataset,
     prepare_data_dir,
     read_test_csv,
     read_test_labels,
@@ -226,6 +223,81 @@ def test_non_utf8_file(tmp_path):
     path = tmp_path / "train.csv"
     path.write_bytes(b"\xff\xfe\x00label\n")
     _assert_data_error(lambda: read_train_csv(path), path, "UTF-8")
+
+
+def test_long_row_after_blank_line_and_crlf_keeps_line_numbers(tmp_path):
+    rows = [",".join(row) for row in _rows(4, labels=True)]
+    rows[3] += ",7,8"
+    path = tmp_path / "train.csv"
+    path.write_bytes("\r\n".join([TRAIN_HEADER, rows[0], "", rows[1], rows[2], rows[3]]).encode() + b"\r\n")
+    _assert_data_error(lambda: read_train_csv(path), path, "row 5 (line 6)", "expected 785 fields, saw 787")
+
+
+def test_long_row_in_a_quoted_file_still_names_the_file(tmp_path):
+    # A quoted cell may hold a delimiter, so fields are not counted by commas;
+    # pandas' own description of the line is passed on instead.
+    rows = _rows(3, labels=True)
+    rows[0][5] = '"4"'
+    rows[2].append("7")
+    path = _train_csv(tmp_path, rows)
+    message = _assert_data_error(lambda: read_train_csv(path), path, "cannot parse CSV")
+    assert "line 4" in message, message
+
+
+def test_bad_cells_in_integer_float_and_text_columns_compete_in_file_order(tmp_path):
+    rows = _rows(6, labels=True)
+    rows[1][1 + 10] = "2.0"  # a float column, whole numbers only: fine
+    rows[4][1 + 10] = "3.5"  # ... until row 5
+    rows[5][1 + 3] = "zero"  # a text column, row 6
+    rows[3][1 + 600] = "300"  # an integer column, row 4: first in file order
+    path = _train_csv(tmp_path, rows)
+    _assert_data_error(lambda: read_train_csv(path), path, "row 4 (line 5), column 'pixel600'", "300 is outside")
+    rows[3][1 + 600] = "30"
+    path = _train_csv(tmp_path, rows)
+    _assert_data_error(lambda: read_train_csv(path), path, "row 5 (line 6), column 'pixel10'", "3.5")
+
+
+def _large_train_csv(path: Path, rows: int) -> Path:
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 256, (rows, 785))
+    cells[:, 0] %= 10
+    np.savetxt(path, cells, fmt="%d", delimiter=",", header=TRAIN_HEADER, comments="")
+    return path
+
+
+def test_loading_5000_rows_is_vectorised(tmp_path):
+    """5,000 x 785 cells: a per-cell Python loop takes tens of seconds here,
+    pandas' parser and whole-array checks a fraction of one (Kaggle's 42,000
+    rows took about 2 s on a shared 2-core CPU), so the bound is loose."""
+    import time
+
+    path = _large_train_csv(tmp_path / "train.csv", 5000)
+    started = time.perf_counter()
+    images, labels = read_train_csv(path)
+    assert time.perf_counter() - started < 5.0
+    assert images.shape == (5000, 28, 28, 1) and labels.shape == (5000,)
+
+    # The slow path: a text cell turns a column into strings and a float
+    # cell another into floats; the first bad cell still has to be found fast.
+    lines = path.read_text().split("\n")
+    last = lines[-2].split(",")
+    last[400], last[784] = "0.5", "dark"
+    lines[-2] = ",".join(last)
+    path.write_text("\n".join(lines))
+    started = time.perf_counter()
+    _assert_data_error(lambda: read_train_csv(path), path, "row 5000 (line 5001), column 'pixel399'", "0.5")
+    assert time.perf_counter() - started < 5.0
+
+
+def test_writers_use_the_one_atomic_writer(tmp_path, monkeypatch):
+    from pipelines import records
+
+    written = []
+    monkeypatch.setattr(data, "write_text_atomically",
+                        lambda path, text: written.append(path) or records.write_text_atomically(path, text))
+    write_submission(tmp_path / "submission.csv", [1])
+    assert written == [tmp_path / "submission.csv"]
+    assert not hasattr(data, "_write_atomically")
 
 
 # --- embedded fallback -------------------------------------------------------
@@ -457,71 +529,3 @@ def test_train_validation_split_rejects_bad_fraction(fraction):
 def test_train_validation_split_rejects_length_mismatch():
     with pytest.raises(ValueError, match="differ in length"):
         train_validation_split(np.zeros((10, 1)), np.zeros(9, dtype=int))
-
-
-# --- idx files ---------------------------------------------------------------------
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    magic = 0x0800 | array.ndim
-    return struct.pack(f">{array.ndim + 1}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
-
-
-def _write_idx_dataset(directory: Path, compress: bool) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, 5, dtype=np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 3, dtype=np.uint8),
-    }
-    for name, array in arrays.items():
-        if compress:
-            (directory / f"{name}.gz").write_bytes(gzip.compress(_idx_bytes(array)))
-        else:
-            (directory / name).write_bytes(_idx_bytes(array))
-    return arrays
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_load_idx_dataset(tmp_path, compress):
-    arrays = _write_idx_dataset(tmp_path, compress)
-    (x_train, y_train), (x_test, y_test) = load_idx_dataset(tmp_path)
-
-    np.testing.assert_array_equal(x_train, arrays["train-images-idx3-ubyte"])
-    np.testing.assert_array_equal(y_train, arrays["train-labels-idx1-ubyte"])
-    np.testing.assert_array_equal(x_test, arrays["t10k-images-idx3-ubyte"])
-    np.testing.assert_array_equal(y_test, arrays["t10k-labels-idx1-ubyte"])
-    assert x_train.dtype == np.uint8 and x_train.shape == (5, 28, 28)
-    x_train[0, 0, 0] = 1  # callers get a writable array
-
-
-def test_load_idx_dataset_bad_magic(tmp_path):
-    _write_idx_dataset(tmp_path, compress=False)
-    path = tmp_path / "t10k-labels-idx1-ubyte"
-    path.write_bytes(struct.pack(">II", 0x0803, 3) + bytes(3))
-    _assert_data_error(lambda: load_idx_dataset(tmp_path), path, "bad magic number 0x00000803", "0x00000801")
-
-
-def test_load_idx_dataset_missing_file(tmp_path):
-    _write_idx_dataset(tmp_path, compress=True)
-    (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
-    path = tmp_path / "train-labels-idx1-ubyte"
-    _assert_data_error(lambda: load_idx_dataset(tmp_path), path, "not found")
-
-
-def test_load_idx_dataset_truncated_and_mismatched(tmp_path):
-    _write_idx_dataset(tmp_path, compress=False)
-    images = tmp_path / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:-10])
-    _assert_data_error(lambda: load_idx_dataset(tmp_path), images, "(5, 28, 28)", "holds 3910 bytes")
-
-    images.write_bytes(_idx_bytes(np.zeros((4, 28, 28))))
-    _assert_data_error(lambda: load_idx_dataset(tmp_path), images, "4 images", "5 labels")
-
-
-def test_load_idx_dataset_corrupt_gzip(tmp_path):
-    _write_idx_dataset(tmp_path, compress=True)
-    path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(b"not gzip at all")
-    _assert_data_error(lambda: load_idx_dataset(tmp_path), path, "cannot read idx file")

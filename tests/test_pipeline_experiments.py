@@ -78,6 +78,91 @@ def test_missing_cifar_raises_clear_error(tmp_path):
         datasets_lib.load_cifar10(tmp_path, None, None)
 
 
+def _idx_arrays():
+    rng = np.random.default_rng(1)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(20) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(10)[::-1],
+    }
+
+
+def _write_plain_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_load_idx_reads_plain_and_gzipped_files(tmp_path, compress):
+    arrays = _idx_arrays()
+    for name, array in arrays.items():
+        if compress:
+            _write_idx(tmp_path / f"{name}.gz", array)
+        else:
+            _write_plain_idx(tmp_path / name, array)
+    dataset = datasets_lib.load_idx(tmp_path, None, None)
+
+    # No subset asked for, so the files' order is kept.
+    expected = arrays["train-images-idx3-ubyte"].reshape(20, 784) / 255
+    np.testing.assert_allclose(dataset.x_train, expected, rtol=1e-6)
+    np.testing.assert_array_equal(dataset.y_train, arrays["train-labels-idx1-ubyte"])
+    np.testing.assert_allclose(dataset.x_test, arrays["t10k-images-idx3-ubyte"].reshape(10, 784) / 255, rtol=1e-6)
+    np.testing.assert_array_equal(dataset.y_test, arrays["t10k-labels-idx1-ubyte"])
+    assert dataset.x_train.dtype == np.float32 and dataset.y_train.dtype == np.int64
+    assert "20 of 20 train" in dataset.description
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{name}.gz" if compress else name for name in arrays)  # nothing unpacked beside them
+
+
+def _broken(tmp_path, damage):
+    for name, array in _idx_arrays().items():
+        _write_idx(tmp_path / f"{name}.gz", array)
+    damage(tmp_path)
+    with pytest.raises(datasets_lib.DatasetUnavailable) as caught:
+        datasets_lib.load_idx(tmp_path, None, None)
+    return str(caught.value)
+
+
+def test_load_idx_missing_file(tmp_path):
+    message = _broken(tmp_path, lambda d: (d / "t10k-labels-idx1-ubyte.gz").unlink())
+    assert "t10k-labels-idx1-ubyte not found" in message and "skipping" in message
+
+
+def test_load_idx_corrupt_gzip(tmp_path):
+    message = _broken(tmp_path, lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all"))
+    assert "cannot unpack" in message and "train-images-idx3-ubyte.gz" in message
+
+
+def test_load_idx_truncated_images_and_count_mismatch(tmp_path):
+    def truncate(d):
+        _write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((19, 28, 28)))
+
+    message = _broken(tmp_path, truncate)
+    assert "train-images-idx3-ubyte" in message and "one label each" in message
+
+
+def test_load_idx_rejects_images_given_as_labels(tmp_path):
+    def swap(d):
+        # mlxtend skips an 8-byte labels header, so these 16 header bytes
+        # and 7,840 pixels read as 7,848 "labels", matching 7,848 images.
+        _write_idx(d / "t10k-labels-idx1-ubyte.gz", np.full((10, 28, 28), 200))
+        _write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((7848, 28, 28)))
+
+    message = _broken(tmp_path, swap)
+    assert "label 200" in message
+
+
+@pytest.mark.skipif(not (datasets_lib.DEFAULT_FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_load_idx_reads_debian_fashion_mnist():
+    dataset = datasets_lib.load_idx(datasets_lib.DEFAULT_FASHION_DIR, 1000, 500)
+    assert dataset.x_train.shape == (1000, 784) and dataset.x_test.shape == (500, 784)
+    assert np.bincount(dataset.y_train).tolist() == [100] * 10
+    assert "of 60,000 train" in dataset.description and "of 10,000 test" in dataset.description
+    assert 0.0 <= dataset.x_train.min() and dataset.x_train.max() == 1.0
+
+
 def test_report_contains_numbers_from_the_csvs(study):
     out, _ = study
     path = main(["report", "--out", str(out)]) == 0 and out / report_lib.REPORT_NAME
@@ -94,6 +179,46 @@ def test_report_contains_numbers_from_the_csvs(study):
     for heading in ("## 1. Collapse", "## 2. Balancing", "## 3. Number of experts", "## 4. Datasets",
                     "## 5. Specialisation", "backend `"):
         assert heading in text
+
+
+def _figure_writers():
+    """One figure of the pipeline's and one of the study's plot modules."""
+    from pipelines import plots as pipeline_plots
+    from pipelines.experiments import plots as study_plots
+
+    record = {"name": "run", "history": {"loss": [1.0, 0.5], "accuracy": [0.5, 0.8]}}
+    summary = pd.DataFrame({"dataset": ["digits", "digits"], "config": ["baseline", "moe"],
+                            "test_accuracy_mean": [0.9, 0.92], "test_accuracy_std": [0.01, 0.02]})
+    counts = {"n=2": np.arange(20).reshape(10, 2)}
+    return {
+        "curves.png": lambda path: pipeline_plots.training_curves(record, path),
+        "datasets.png": lambda path: study_plots.accuracy_by_dataset(summary, path),
+        "heatmap.png": lambda path: study_plots.routing_heatmaps(counts, "digits", path),
+    }
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    import os
+
+    import matplotlib.pyplot as plt
+
+    for name, draw in _figure_writers().items():
+        path = tmp_path / "figures" / name
+        draw(path)
+        good = path.read_bytes()
+        assert good.startswith(b"\x89PNG") and len(good) > 1000
+
+        def failing_replace(source, target):
+            raise OSError("disk full")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", failing_replace)
+            with pytest.raises(OSError, match="disk full"):
+                draw(path)
+        # The old figure stays whole, no temp file is left, no figure open.
+        assert path.read_bytes() == good
+        assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+        assert plt.get_fignums() == []
 
 
 def test_report_marks_missing_sections(tmp_path):

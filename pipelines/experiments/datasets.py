@@ -7,11 +7,17 @@ ever used for the reported number, never for model selection.
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import shutil
+import struct
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mlxtend.data import loadlocal_mnist
 from sklearn.model_selection import train_test_split
 
 from pipelines import data
@@ -19,6 +25,11 @@ from pipelines import data
 DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_CIFAR_DIR = Path.home() / ".keras" / "datasets" / "cifar-10-batches-py"
 DATASET_NAMES = ("digits", "fashion", "cifar10")
+# (images, labels) idx file names of the training and test splits.
+IDX_SPLITS = (
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
 
 
 class DatasetUnavailable(RuntimeError):
@@ -74,15 +85,22 @@ def load_digits(cache_dir: Path) -> Dataset:
 
 
 def load_idx(directory: Path, train_size: int | None, test_size: int | None, seed: int = 0) -> Dataset:
-    """An MNIST-style idx dataset (Fashion-MNIST by default), optionally subsampled.
+    """An MNIST-style idx dataset of 28 x 28 images (Fashion-MNIST by
+    default), optionally subsampled.
+
+    Each of the four files may be plain or gzipped (``.gz``, as Debian's
+    ``dataset-fashion-mnist`` ships them under /usr/share/datasets/fashion-mnist).
 
     Raises:
-        DatasetUnavailable: if the idx files are missing or unreadable.
+        DatasetUnavailable: if an idx file is missing or unreadable.
     """
-    try:
-        (x_train, y_train), (x_test, y_test) = data.load_idx_dataset(directory)
-    except data.DataError as error:
-        raise DatasetUnavailable(f"idx dataset not usable: {error}; skipping it.") from error
+    directory = Path(directory)
+    # mlxtend reads only uncompressed idx files; gzipped ones are unpacked
+    # into a scratch folder that goes away once the arrays are in memory.
+    with tempfile.TemporaryDirectory(prefix="idx-") as scratch:
+        (x_train, y_train), (x_test, y_test) = (
+            _read_idx_pair(directory, images, labels, Path(scratch)) for images, labels in IDX_SPLITS
+        )
     full = (len(y_train), len(y_test))
     x_train, y_train = _stratified_subset(_flat(x_train), y_train.astype(np.int64), train_size, seed)
     x_test, y_test = _stratified_subset(_flat(x_test), y_test.astype(np.int64), test_size, seed)
@@ -95,6 +113,43 @@ def load_idx(directory: Path, train_size: int | None, test_size: int | None, see
         f"idx files in {directory}: stratified subset of {len(y_train):,} of {full[0]:,} train "
         f"and {len(y_test):,} of {full[1]:,} test images",
     )
+
+
+def _read_idx_pair(directory: Path, images_name: str, labels_name: str, scratch: Path):
+    """(images (N, 784) uint8, labels (N,) uint8) of one split, via mlxtend."""
+    images_path = _plain_idx_file(directory, images_name, scratch)
+    labels_path = _plain_idx_file(directory, labels_name, scratch)
+    try:
+        images, labels = loadlocal_mnist(str(images_path), str(labels_path))
+    except (OSError, ValueError, struct.error) as error:
+        # mlxtend reshapes the pixels to one 784-pixel row per label, so a
+        # truncated file or a count mismatch ends up here as a ValueError.
+        raise DatasetUnavailable(
+            f"idx dataset not usable: cannot read {directory / images_name} with {directory / labels_name} "
+            f"as 28 x 28 images with one label each: {error}; skipping it."
+        ) from error
+    if labels.size and labels.max() > 9:
+        raise DatasetUnavailable(
+            f"idx dataset not usable: {directory / labels_name} holds label {labels.max()}, expected 0..9 "
+            "(is it a labels file?); skipping it."
+        )
+    return images, labels
+
+
+def _plain_idx_file(directory: Path, name: str, scratch: Path) -> Path:
+    """``directory/name`` if present, else ``name.gz`` unpacked into ``scratch``."""
+    plain, packed = directory / name, directory / f"{name}.gz"
+    if plain.is_file():
+        return plain
+    if not packed.is_file():
+        raise DatasetUnavailable(f"idx dataset not usable: {plain} not found (nor {name}.gz); skipping it.")
+    target = scratch / name
+    try:
+        with gzip.open(packed, "rb") as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DatasetUnavailable(f"idx dataset not usable: cannot unpack {packed}: {error}; skipping it.") from error
+    return target
 
 
 def load_cifar10(directory: Path, train_size: int | None, test_size: int | None, seed: int = 0) -> Dataset:

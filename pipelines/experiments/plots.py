@@ -12,15 +12,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from pipelines.records import save_figure_atomically  # noqa: E402
+
 DPI = 100
 LOAD_PREFIX = "moe_load_"
 
 
-def _save(figure, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
+def _save(figure, path: Path, tight: bool = True):
+    if tight:
+        figure.tight_layout()
+    try:
+        save_figure_atomically(figure, path, dpi=DPI)
+    finally:
+        # A figure left open after a failed write would pile up in pyplot.
+        plt.close(figure)
 
 
 def ranked_loads(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -197,5 +202,5 @@ def routing_heatmaps(matrices: dict, dataset: str, path: Path):
         axis.set_title(f"MoE {label}")
     figure.colorbar(image, ax=axes[0].tolist(), label="% of the class's expert slots (k per test input)")
     figure.suptitle(f"Which expert each class is routed to ({dataset} test set)")
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
+    # tight_layout cannot place a colour bar shared by several panels.
+    _save(figure, path, tight=False)
