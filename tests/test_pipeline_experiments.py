@@ -4,6 +4,7 @@ the report and the CLI's error handling."""
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 
 import numpy as np
@@ -224,6 +225,20 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
 def test_report_marks_missing_sections(tmp_path):
     text = report_lib.build_report(tmp_path)
     assert "Not run (`python -m pipelines.experiments collapse`)" in text
+
+
+def test_class_expert_nmi_is_mutual_information_over_expert_entropy():
+    from pipelines.experiments.studies import normalised_mutual_information as nmi
+
+    # p(class, expert) = [[1/2, 0], [1/4, 1/4]]: p(class) = (1/2, 1/2), p(expert) = (3/4, 1/4).
+    mutual = 0.5 * math.log(0.5 / 0.375) + 0.25 * math.log(0.25 / 0.375) + 0.25 * math.log(0.25 / 0.125)
+    expert_entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert nmi([[2, 0], [1, 1]]) == pytest.approx(mutual / expert_entropy)
+    assert nmi(np.eye(10, dtype=int) * 30) == pytest.approx(1.0)  # the class fixes the expert
+    assert nmi(np.ones((10, 4), dtype=int)) == pytest.approx(0.0, abs=1e-12)  # routing ignores the class
+    # Two classes per expert: the expert is fixed (1), though not the class.
+    assert nmi(np.kron(np.eye(5, dtype=int), np.ones((2, 1), dtype=int))) == pytest.approx(1.0)
+    assert nmi(np.c_[np.arange(1, 11), np.zeros(10, dtype=int)]) == 0.0  # one expert takes everything
 
 
 def test_aggregate_mean_and_sample_std():

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy.stats import entropy
+from sklearn.metrics import mutual_info_score
 
 from moe_keras import routing_counts
 from pipelines.experiments import datasets as datasets_lib
@@ -262,16 +264,17 @@ def specialisation(context: Context):
 
 
 def normalised_mutual_information(counts) -> float:
-    """I(class; expert) / H(expert) of a class x expert count matrix."""
-    joint = np.asarray(counts, dtype=np.float64)
-    joint = joint / joint.sum()
-    p_class = joint.sum(axis=1, keepdims=True)
-    p_expert = joint.sum(axis=0, keepdims=True)
-    nonzero = joint > 0
-    mutual = float((joint[nonzero] * np.log(joint[nonzero] / (p_class @ p_expert)[nonzero])).sum())
-    entropy = float(-(p_expert[p_expert > 0] * np.log(p_expert[p_expert > 0])).sum())
+    """I(class; expert) / H(expert) of a class x expert count matrix, in nats.
+
+    Divided by the expert entropy alone (none of sklearn's
+    `normalized_mutual_info_score` averages): 1 means the class fixes the
+    expert, whatever the number of classes.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    mutual = mutual_info_score(None, None, contingency=counts)
+    expert_entropy = entropy(counts.sum(axis=0))
     # One expert for everything: H = 0 up to rounding, and no information.
-    return mutual / entropy if entropy > 1e-9 else 0.0
+    return float(mutual / expert_entropy) if expert_entropy > 1e-9 else 0.0
 
 
 EXPERIMENTS = {
