@@ -280,13 +280,13 @@ def conv_rows(keras, args):
 
 def pipeline_rows(keras, args):
     """Epoch time of the digit-recognizer pipeline's models on the embedded
-    sample: the same `_fit` as `python -m pipelines.digit_recognizer`."""
+    sample: the same `fit` as `python -m pipelines.digit_recognizer`."""
     import tempfile
 
     from pipelines import data
     from pipelines.models import ModelConfig
     from pipelines.train import TrainConfig
-    from pipelines.train import _fit
+    from pipelines.train import fit
 
     with tempfile.TemporaryDirectory() as directory:
         data.write_embedded_default(directory)
@@ -315,8 +315,8 @@ def pipeline_rows(keras, args):
     for name, model_config in models:
         keras.utils.set_random_seed(0)
         timer = EpochTimer()
-        _fit(model_config, train_config, x_train, y_train, x_val, y_val,
-             callbacks=[timer])
+        fit(model_config, train_config, x_train, y_train, x_val, y_val,
+            callbacks=[timer])
         seconds = statistics.median(timer.seconds[1:])
         rows.append(dict(layer="pipeline", dispatch=name,
                          n=model_config.moe[1] if model_config.moe else None,
@@ -433,7 +433,7 @@ def main(argv=None):
             "tokens", "features", "hidden", "experts", "topk", "steps",
             "warmup", "repeats", "capacity_factor", "image_size", "images",
             "channels", "conv_experts", "dense_max_experts", "pipeline_epochs")}
-        from pipelines.train import write_text_atomically
+        from pipelines.records import write_text_atomically
 
         write_text_atomically(args.json, json.dumps(
             {"machine": info, "config": config, "rows": rows}, indent=1))

@@ -1,27 +1,88 @@
-"""Keras models of the digit-recognizer pipeline, built from moe_keras layers.
+"""Keras models of the digit-recognizer pipeline and of the MoE study, built
+from moe_keras layers.
 
 Two architectures, each with a dense baseline so every MoE run has one:
 
 * `cnn`: augmentation, two conv blocks (2 x (conv, batch norm, ReLU), max-pool),
   then a feature block (MoEDense MoE(k,n) with MLP experts of size `hidden`,
   or a dense MLP of the same shape for the baseline), then the classifier.
-* `mlp`: the same feature block straight on the 784 raw pixels (the setup of
-  the expert-collapse study); its baseline is the MLP 784-128-64-10.
+* `mlp`: the same feature block straight on the raw pixels; its baseline is
+  the MLP 784-128-64-10. The MoE study (`pipelines.experiments`) trains this
+  architecture with `hidden=128` and the MoE layer's own routing defaults
+  (`routing_defaults="layer"`), so that every expert is the baseline's
+  784-128-64 block.
 """
 
+import re
 from dataclasses import dataclass
 from dataclasses import field
 
 import keras
+import numpy as np
 
 from moe_keras import MoEConv2D
 from moe_keras import MoEDense
 
 ARCHITECTURES = ("cnn", "mlp")
+ROUTING_DEFAULTS = ("pipeline", "layer")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
-# Width of the feature block's output, MoE or dense, in both architectures.
+# Width of the cnn's feature block output, MoE or dense.
 FEATURE_UNITS = 128
+# The mlp's block: the baseline is 784-MLP_HIDDEN-MLP_UNITS-10 and an MoE
+# block outputs MLP_UNITS.
+MLP_HIDDEN = 128
+MLP_UNITS = 64
+MOE_LAYER_NAME = "moe"
+
+# torchvision's MNIST recipe, Normalize((0.1307,), (0.3081,)), which PyTorch
+# studies usually apply: it centres the pixels that the router sees.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+# keras.utils.set_random_seed hands the seed to NumPy, which takes 32 bits.
+MAX_SEED = 2**32 - 1
+
+
+def parse_seed(value):
+    """A run's seed as a plain `int`, from an int, a NumPy integer or a
+    string of decimal digits (as a command line gives it).
+
+    Keras' `SeedGenerator` accepts only `int`, so a `numpy.int64` seed (from
+    `np.arange`, a DataFrame, ...) would otherwise fail deep in a layer.
+
+    Raises:
+        ValueError: for anything else (bools, floats, signs, other text) and
+            for seeds outside [0, 2**32 - 1].
+    """
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        seed = int(value.strip())
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        seed = int(value)
+    else:
+        raise ValueError(
+            f"A seed must be a whole number from 0 to {MAX_SEED} (an int, a NumPy "
+            f"integer or a string of digits); got {value!r} ({type(value).__name__})."
+        )
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"A seed must be from 0 to {MAX_SEED}; got {seed}.")
+    return seed
+
+
+# Each run owns a block of this many layer seeds, so that no layer of run s
+# replays the draws of some layer of run s + 1 (as seed, seed + 1, ... would).
+_SEEDS_PER_RUN = 64
+# MoEDense also seeds its expert dropout, with its seed + 1.
+_SEED_STEP = 2
+# Every backend's SeedGenerator state holds a seed below 2**31.
+_SEED_MODULUS = 2**31
+
+
+def layer_seeds(seed):
+    """Yields a distinct seed for each random layer of one model, derived
+    from the run's `seed`; take them with `next()` in build order."""
+    start = parse_seed(seed) * _SEEDS_PER_RUN
+    for offset in range(0, _SEEDS_PER_RUN, _SEED_STEP):
+        yield (start + offset) % _SEED_MODULUS
 
 
 @dataclass(frozen=True)
@@ -31,7 +92,8 @@ class ModelConfig:
     Attributes:
         arch: "cnn" or "mlp".
         moe: `(k, n)` for an MoE(k,n) feature block, `None` for the baseline.
-        hidden: expert hidden size (MoE) or hidden width (baseline).
+        hidden: expert hidden size (MoE) or hidden width (cnn baseline; the
+            mlp baseline is always 784-128-64).
         shared: shared experts of the MoE block.
         conv_moe: `(k, n)` to make the second conv block an MoEConv2D.
         augment: random rotation/shift/zoom in front of the CNN.
@@ -39,8 +101,15 @@ class ModelConfig:
             experts' hidden activations (MoEDense `expert_dropout`) or the
             dense baseline's hidden layer, so both get the same recipe.
         routing: MoE layer arguments for balancing and capacity
-            (`switch_loss_weight`, `bias_update_rate`, `capacity_factor`, ...);
-            `bias_update_rate=None` means `resolve_routing`'s choice.
+            (`switch_loss_weight`, `bias_update_rate`, `capacity_factor`, ...).
+        routing_defaults: "pipeline" fills `routing` with `resolve_routing`'s
+            choices (cosine router, loss-free bias for k >= 2); "layer" passes
+            it as it is, so unset arguments keep the MoE layer's own defaults
+            (linear router, Switch loss 0.01), as the study measured them.
+        input_shape: shape of one input; the cnn needs `(height, width,
+            channels)`, the mlp flattens whatever it gets.
+        standardize: map pixels x in [0, 1] to (x - 0.1307) / 0.3081 first
+            (torchvision's MNIST normalisation) instead of using them raw.
     """
 
     arch: str = "cnn"
@@ -51,6 +120,9 @@ class ModelConfig:
     augment: bool = True
     hidden_dropout: float = 0.0
     routing: dict = field(default_factory=dict)
+    routing_defaults: str = "pipeline"
+    input_shape: tuple[int, ...] = IMAGE_SHAPE
+    standardize: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -71,6 +143,17 @@ class ModelConfig:
             )
         if self.conv_moe is not None and self.arch != "cnn":
             raise ValueError("`conv_moe` needs the cnn architecture.")
+        if self.routing_defaults not in ROUTING_DEFAULTS:
+            raise ValueError(
+                f"`routing_defaults` must be one of {ROUTING_DEFAULTS}; "
+                f"got {self.routing_defaults!r}."
+            )
+        # A record read back from JSON gives a list.
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        if self.arch == "cnn" and len(self.input_shape) != 3:
+            raise ValueError(
+                f"The cnn needs (height, width, channels) inputs; got {self.input_shape}."
+            )
 
     @property
     def name(self):
@@ -86,28 +169,44 @@ class ModelConfig:
             parts.append("noaug")
         if self.hidden_dropout:
             parts.append(f"hdrop{self.hidden_dropout:g}")
+        if self.standardize:
+            parts.append("std")
+        if self.routing_defaults == "layer":
+            parts.append("layerrouting")
         return "-".join(parts)
 
 
-def _augmentation(seed):
+def _augmentation(seeds):
+    # One seed each: with a shared seed the three layers draw the same
+    # uniforms, so rotation, shift and zoom of an image move together.
     return keras.Sequential(
         [
-            keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed),
-            keras.layers.RandomTranslation(
-                0.1, 0.1, fill_mode="constant", seed=seed
+            keras.layers.RandomRotation(
+                0.05, fill_mode="constant", seed=next(seeds), name="rotation"
             ),
-            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(
+                0.1, 0.1, fill_mode="constant", seed=next(seeds), name="translation"
+            ),
+            keras.layers.RandomZoom(
+                0.1, fill_mode="constant", seed=next(seeds), name="zoom"
+            ),
         ],
         name="augment",
     )
 
 
-def _conv_block(x, filters, index, conv_moe=None, routing=None):
-    """Two 3x3 convs (the first an MoEConv2D with `conv_moe`), BN, ReLU, pool."""
+def _conv_block(x, filters, index, config=None, seeds=None):
+    """Two 3x3 convs (the first an MoEConv2D with `config.conv_moe`), BN,
+    ReLU, pool."""
+    conv_moe = None if config is None else config.conv_moe
     for position in (1, 2):
         name = f"conv{index}_{position}"
         if position == 1 and conv_moe is not None:
             k, n = conv_moe
+            routing = _layer_routing(config, k)
+            # Capacity is a token-dropping notion of MoEDense; conv experts
+            # are dropless.
+            routing.pop("capacity_factor", None)
             x = MoEConv2D(
                 filters,
                 3,
@@ -115,8 +214,9 @@ def _conv_block(x, filters, index, conv_moe=None, routing=None):
                 top_k=k,
                 padding="same",
                 use_bias=False,
+                seed=next(seeds),
                 name=f"moe_conv{index}",
-                **_conv_routing(routing or {}, k),
+                **routing,
             )(x)
         else:
             x = keras.layers.Conv2D(
@@ -129,10 +229,10 @@ def _conv_block(x, filters, index, conv_moe=None, routing=None):
     return keras.layers.MaxPooling2D(name=f"pool{index}")(x)
 
 
-def _conv_routing(routing, top_k):
-    # Capacity is a token-dropping notion of MoEDense; conv experts are dropless.
-    routing = resolve_routing(routing, top_k)
-    return {k: v for k, v in routing.items() if k != "capacity_factor"}
+def _layer_routing(config, top_k):
+    if config.routing_defaults == "layer":
+        return dict(config.routing)
+    return resolve_routing(config.routing, top_k)
 
 
 # Loss-free balancing rate used when the routing config leaves it to us.
@@ -165,63 +265,72 @@ def resolve_routing(routing, top_k):
     return routing
 
 
-def _feature_block(x, config, seed):
+def _feature_block(x, config, seeds):
     """MoE(k,n) of MLP experts, or the dense MLP it is compared with."""
     if config.moe is None:
         if config.arch == "mlp":
             # The collapse study's baseline MLP 784-128-64-10.
-            x = keras.layers.Dense(128, activation="relu", name="dense1")(x)
+            x = keras.layers.Dense(MLP_HIDDEN, activation="relu", name="dense1")(x)
             if config.hidden_dropout:
                 x = keras.layers.Dropout(
-                    config.hidden_dropout, seed=seed, name="dropout_hidden"
+                    config.hidden_dropout, seed=next(seeds), name="dropout_hidden"
                 )(x)
-            return keras.layers.Dense(64, activation="relu", name="dense2")(x)
+            return keras.layers.Dense(MLP_UNITS, activation="relu", name="dense2")(x)
         x = keras.layers.Dense(config.hidden, activation="relu", name="dense_hidden")(x)
         if config.hidden_dropout:
             x = keras.layers.Dropout(
-                config.hidden_dropout, seed=seed, name="dropout_hidden"
+                config.hidden_dropout, seed=next(seeds), name="dropout_hidden"
             )(x)
         return keras.layers.Dense(FEATURE_UNITS, activation="relu", name="dense_out")(x)
     k, n = config.moe
     return MoEDense(
-        FEATURE_UNITS if config.arch == "cnn" else 64,
+        FEATURE_UNITS if config.arch == "cnn" else MLP_UNITS,
         num_experts=n,
         top_k=k,
         expert_hidden=config.hidden,
         expert_dropout=config.hidden_dropout,
         num_shared_experts=config.shared,
         activation="relu",
-        seed=seed,
-        name="moe",
-        **resolve_routing(config.routing, k),
+        seed=next(seeds),
+        name=MOE_LAYER_NAME,
+        **_layer_routing(config, k),
     )(x)
 
 
 def build_model(config, seed=0):
     """Builds the (uncompiled) Keras model for `config`.
 
+    Weights are initialised from Keras' global seed (`fit` sets it); the
+    random layers (augmentation, dropout, router noise) each get their own
+    seed from `layer_seeds(seed)`.
+
     Args:
         config: a `ModelConfig`.
-        seed: seed of the augmentation and the router noise.
+        seed: the run's seed (see `parse_seed`).
 
     Returns:
-        A Functional `keras.Model` mapping `(batch, 28, 28, 1)` images in
-        [0, 1] to class probabilities.
+        A Functional `keras.Model` mapping `(batch, *config.input_shape)`
+        inputs in [0, 1] to class probabilities.
     """
-    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    seeds = layer_seeds(seed)
+    inputs = keras.Input(config.input_shape, name="image")
     x = inputs
+    if config.standardize:
+        x = keras.layers.Rescaling(
+            1 / MNIST_STD, offset=-MNIST_MEAN / MNIST_STD, name="standardize"
+        )(x)
     if config.arch == "cnn":
         if config.augment:
-            x = _augmentation(seed)(x)
+            x = _augmentation(seeds)(x)
         x = _conv_block(x, 32, 1)
-        x = _conv_block(x, 64, 2, config.conv_moe, config.routing)
+        x = _conv_block(x, 64, 2, config, seeds)
         x = keras.layers.Flatten(name="flatten")(x)
-        x = keras.layers.Dropout(0.25, seed=seed, name="dropout_features")(x)
-    else:
+        x = keras.layers.Dropout(0.25, seed=next(seeds), name="dropout_features")(x)
+    elif len(config.input_shape) > 1:
         x = keras.layers.Flatten(name="flatten")(x)
-    x = _feature_block(x, config, seed)
+    x = _feature_block(x, config, seeds)
     if config.arch == "cnn":
-        x = keras.layers.Dropout(0.25, seed=seed, name="dropout_head")(x)
+        x = keras.layers.Dropout(0.25, seed=next(seeds), name="dropout_head")(x)
     # float32 head: the softmax stays exact under a mixed precision policy.
     outputs = keras.layers.Dense(
         NUM_CLASSES, activation="softmax", dtype="float32", name="classifier"

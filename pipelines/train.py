@@ -1,15 +1,14 @@
-"""Training one digit-recognizer run: fit, predict, submission, run record, plots."""
+"""Training: the one fit loop of the pipeline, the study and the benchmark,
+and one digit-recognizer run (fit, predict, submission, run record, plots)."""
 
 import contextlib
-import json
 import math
-import os
-import platform
-import tempfile
+import sys
 import time
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -18,24 +17,67 @@ from moe_keras.callbacks import ExpertUsage
 from moe_keras.usage import moe_layers
 from moe_keras.usage import routing_counts
 from pipelines import data
+from pipelines import records
 from pipelines.models import build_model
 from pipelines.models import count_parameters
+from pipelines.models import parse_seed
+# pipelines/cli.py still imports the writer from here.
+from pipelines.records import write_text_atomically  # noqa: F401
+
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a model is trained (the model itself is a `ModelConfig`)."""
+    """How a model is trained (the model itself is a `ModelConfig`).
+
+    The defaults are the digit-recognizer pipeline's recipe; the study's is
+    `pipelines.experiments.runner.STUDY_RECIPE`.
+
+    Attributes:
+        schedule: "cosine": the learning rate decays to zero over `epochs`;
+            "constant": it stays at `learning_rate`.
+        seed: the run's seed: an int, a NumPy integer or a string of digits
+            (see `parse_seed`); stored as an int.
+        patience: epochs without a lower validation loss before training
+            stops; the best watched epoch's weights are restored.
+        early_stopping_start: fraction of `epochs` trained before validation
+            loss is watched (0: from the first epoch).
+        run_eagerly: eager steps, which skip graph tracing (tiny runs).
+    """
 
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
+    schedule: str = "cosine"
     seed: int = 0
     validation_fraction: float = 0.1
     patience: int = 10
+    early_stopping_start: float = 0.75
     mixed_precision: bool = False
     jit_compile: bool | str = "auto"
+    run_eagerly: bool = False
     distribute: str | None = None
     verbose: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "seed", parse_seed(self.seed))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}; got {self.schedule!r}.")
+        if not 0 <= self.early_stopping_start < 1:
+            raise ValueError(
+                f"`early_stopping_start` must be in [0, 1); got {self.early_stopping_start}."
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1; got {getattr(self, name)}.")
+        if self.patience < 0:
+            raise ValueError(f"`patience` must be at least 0; got {self.patience}.")
+
+    @property
+    def early_stopping_from_epoch(self):
+        """The first epoch (0-based) whose validation loss is watched."""
+        return math.floor(self.epochs * self.early_stopping_start)
 
 
 @dataclass
@@ -54,57 +96,15 @@ class RunResult:
     epochs_run: int
 
 
-def write_text_atomically(path, text):
-    """Writes text to a temp file beside `path`, then renames it into place,
-    so a failure never leaves a half-written file where a good one was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+class FitResult(NamedTuple):
+    """What `fit` returns: the trained model (best weights restored), the
+    per-epoch logs, the `ExpertUsage` callback that recorded the routing per
+    epoch, and the wall seconds of each epoch (validation included)."""
 
-
-def write_json_atomically(path, payload):
-    """Writes `payload` as indented JSON, atomically."""
-    write_text_atomically(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def device_description():
-    """The accelerator TensorFlow sees, or the CPU."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            return f"GPU: {', '.join(g.name for g in gpus)}"
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def library_versions():
-    versions = {"python": platform.python_version(), "keras": keras.__version__,
-                "backend": keras.backend.backend(), "numpy": np.__version__}
-    for name in ("tensorflow", "jax", "pandas", "sklearn"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return versions
+    model: keras.Model
+    history: dict
+    usage: ExpertUsage
+    epoch_seconds: list
 
 
 def distribution_scope(mode, model_config):
@@ -139,61 +139,113 @@ def distribution_scope(mode, model_config):
     raise ValueError(f"--distribute {mode} is not supported on the {backend} backend.")
 
 
-def _fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()):
-    """Builds, compiles and fits the model; returns it, its history and the
-    `ExpertUsage` callback that recorded the routing per epoch. `callbacks`
-    are added to the run's own (the benchmark times epochs with one)."""
-    model = build_model(model_config, seed=train_config.seed)
-    steps_per_epoch = -(-len(x_train) // train_config.batch_size)
+@contextlib.contextmanager
+def precision_policy(mixed):
+    """Runs the block under the `mixed_float16` policy if `mixed`, and puts
+    back the global policy that was in force, also when the block raises
+    (a policy left behind would build every later model in float16)."""
+    previous = keras.config.dtype_policy()
+    try:
+        if mixed:
+            keras.config.set_dtype_policy("mixed_float16")
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def learning_rate(train_config, steps_per_epoch):
+    """The optimizer's learning rate: a float or a schedule over the steps."""
+    if train_config.schedule == "constant":
+        return train_config.learning_rate
     # Cosine decay to zero over the planned epochs: on a few thousand images
     # a plateau schedule reacts to validation noise (400 images) instead.
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         train_config.learning_rate, decay_steps=steps_per_epoch * train_config.epochs
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=train_config.jit_compile,
+
+
+def early_stopping(train_config):
+    """Early stopping on validation loss that restores the best weights.
+
+    Validation loss, not accuracy: on 400 images accuracy moves in steps of
+    0.25 points and ties, so a plateau of ties stopped pipeline runs ten
+    epochs after an early high-learning-rate epoch and restored it (MoE(3,5)
+    seed 1: stopped at epoch 20, restored epoch 10, 97.9%). The pipeline
+    starts watching at 3/4 of the cosine schedule: the loss of 400 images is
+    noisy enough that, watched from mid-schedule, 20 of 30 40-epoch runs (15
+    of 21 MoE, 5 of 9 dense) restored a mid-schedule epoch and scored 98.51%
+    on the held-out digits on average, against 98.93% for the runs that
+    trained to the end (reports/digit_recognizer_grid.md).
+    """
+    return keras.callbacks.EarlyStopping(
+        monitor="val_loss",
+        patience=train_config.patience,
+        restore_best_weights=True,
+        start_from_epoch=train_config.early_stopping_from_epoch,
     )
-    usage = ExpertUsage()
-    callbacks = [
-        usage,
-        # Validation loss, not accuracy: on 400 images accuracy moves in
-        # steps of 0.25 points and ties, so a plateau of ties stopped runs
-        # ten epochs after an early high-learning-rate epoch and restored it
-        # (MoE(3,5) seed 1: stopped at epoch 20, restored epoch 10, 97.9%).
-        # Monitoring starts at 3/4 of the cosine schedule: the loss of 400
-        # images is noisy enough that, watched from mid-schedule, 20 of 30
-        # 40-epoch runs (15 of 21 MoE, 5 of 9 dense) restored a
-        # mid-schedule epoch and scored 98.51% on the held-out digits on
-        # average, against 98.93% for the runs that trained to the end
-        # (reports/digit_recognizer_grid.md).
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=train_config.patience,
-            restore_best_weights=True,
-            start_from_epoch=train_config.epochs * 3 // 4,
-        ),
-        *callbacks,
-    ]
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=train_config.epochs,
-        batch_size=train_config.batch_size,
-        callbacks=callbacks,
-        verbose=train_config.verbose,
-    ).history
-    return model, history, usage
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each training epoch (validation included)."""
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()):
+    """Seeds, builds, compiles and fits the model of `model_config` with the
+    recipe of `train_config`.
+
+    Keras' global seed is set to `train_config.seed` first, so the weights
+    depend on the seed alone. `callbacks` come after the run's own (routing
+    statistics, epoch timer, early stopping), so their logs include the
+    routing statistics.
+
+    Returns:
+        A `FitResult`.
+    """
+    keras.utils.set_random_seed(train_config.seed)
+    # The model's layers keep the policy they were built with, so evaluating
+    # or predicting after the block still runs in mixed precision.
+    with precision_policy(train_config.mixed_precision):
+        model = build_model(model_config, seed=train_config.seed)
+        steps_per_epoch = -(-len(x_train) // train_config.batch_size)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch)),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=train_config.jit_compile,
+            run_eagerly=train_config.run_eagerly,
+        )
+        # First, so that its statistics are in the logs the others see.
+        usage = ExpertUsage()
+        timer = _EpochTimer()
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            epochs=train_config.epochs,
+            batch_size=train_config.batch_size,
+            callbacks=[usage, timer, early_stopping(train_config), *callbacks],
+            verbose=train_config.verbose,
+        ).history
+    return FitResult(model, history, usage, timer.seconds)
 
 
 def train_run(model_config, train_config, source, submission_path, log=print):
     """Trains one model on `source` and writes its submission and run record.
 
-    The submission and the record are each written to a temp file and
-    renamed, so a failed run never replaces a good earlier file.
+    The submission and the record are each written atomically
+    (`pipelines.records`), so a failed run never replaces a good earlier file.
+    The record holds the command line, both configs, the seed, library
+    versions, the machine, the metrics (the `RunResult` fields, the history,
+    the routing), and the timings.
 
     Args:
         model_config: a `ModelConfig`.
@@ -207,25 +259,23 @@ def train_run(model_config, train_config, source, submission_path, log=print):
         A `RunResult`.
     """
     start = time.perf_counter()
-    keras.utils.set_random_seed(train_config.seed)
-    if train_config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     images, labels = data.read_train_csv(source.train_csv)
     test_images = data.read_test_csv(source.test_csv)
     x_train, y_train, x_val, y_val = data.train_validation_split(
         images, labels, train_config.validation_fraction, train_config.seed
     )
 
+    fit_start = time.perf_counter()
     with distribution_scope(train_config.distribute, model_config):
-        model, history, usage = _fit(
+        model, history, usage, epoch_seconds = fit(
             model_config, train_config, x_train, y_train, x_val, y_val
         )
+    fit_seconds = time.perf_counter() - fit_start
 
-    verbose = train_config.verbose
     # Accuracy of the restored best weights, without augmentation or dropout.
     _, train_accuracy = model.evaluate(x_train, y_train, batch_size=512, verbose=0)
     _, validation_accuracy = model.evaluate(x_val, y_val, batch_size=512, verbose=0)
-    probabilities = model.predict(test_images, batch_size=512, verbose=verbose)
+    probabilities = model.predict(test_images, batch_size=512, verbose=train_config.verbose)
     predictions = probabilities.argmax(axis=-1).astype(np.int32)
     test_accuracy = None
     if source.test_labels_csv is not None:
@@ -235,10 +285,9 @@ def train_run(model_config, train_config, source, submission_path, log=print):
     submission_path = Path(submission_path)
     data.write_submission(submission_path, predictions)
     total, active = count_parameters(model)
-    layers = moe_layers(model)
     class_expert = {
         layer.name: routing_counts(model, x_val, y_val, layer=layer, num_classes=10).tolist()
-        for layer in layers
+        for layer in moe_layers(model)
     }
     record_path = submission_path.with_suffix(".json")
     result = RunResult(
@@ -256,6 +305,7 @@ def train_run(model_config, train_config, source, submission_path, log=print):
     record = {
         **asdict(result),
         "status": "complete",
+        "command": list(sys.argv),
         "model_config": asdict(model_config),
         "train_config": asdict(train_config),
         "seed": train_config.seed,
@@ -267,15 +317,19 @@ def train_run(model_config, train_config, source, submission_path, log=print):
             "validation_rows": int(len(x_val)),
             "test_rows": int(len(test_images)),
         },
-        "versions": library_versions(),
-        "device": device_description(),
+        "versions": records.library_versions(),
+        "machine": records.machine_description(),
+        "timings": {
+            "total_s": result.wall_time_s,
+            "fit_s": round(fit_seconds, 2),
+            "epoch_s": [round(s, 3) for s in epoch_seconds],
+        },
         "history": {k: [float(v) for v in values] for k, values in history.items()},
         "expert_usage": usage.rows,
         "class_expert_counts": class_expert,
     }
-    write_json_atomically(record_path, record)
+    records.write_json_atomically(record_path, record)
     _plot_run(record, submission_path)
-    keras.mixed_precision.set_global_policy("float32")
     for line in summary_lines(record):
         log(line)
     return result
@@ -291,11 +345,19 @@ def _plot_run(record, submission_path):
         plots.class_expert_heatmaps(record, f"{stem}-routing.png")
 
 
+def machine_line(machine):
+    """`records.machine_description()` in a few words: the accelerator, or
+    the CPU and its cores."""
+    if machine.get("accelerator"):
+        return machine["accelerator"]
+    return f"CPU: {machine['processor']}, {machine['cpu_count']} cores"
+
+
 def summary_lines(record):
     """The one-screen end-of-run summary."""
     lines = [
         "",
-        f"run            {record['name']}  ({record['device']})",
+        f"run            {record['name']}  ({machine_line(record['machine'])})",
         f"params         {record['params_total']:,} total, "
         f"{record['params_active']:,} active per input",
         f"accuracy       train {record['train_accuracy']:.4f}  "

@@ -1,5 +1,7 @@
 """Pipeline models: configs, names, shapes, parameter counts."""
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pytest
@@ -96,3 +98,81 @@ def test_hidden_dropout_reaches_experts_and_dense_baseline():
     assert ModelConfig(moe=None, hidden_dropout=0.3).name == "cnn-dense-h64-hdrop0.3"
     with pytest.raises(ValueError, match="hidden_dropout"):
         ModelConfig(hidden_dropout=1.0)
+
+
+def _layers(layer):
+    for sublayer in getattr(layer, "layers", []):
+        yield sublayer
+        yield from _layers(sublayer)
+
+
+def _seed_states(model):
+    """`{layer.attribute: initial seed state}` of every SeedGenerator in the
+    model: the seeds its random layers draw from (MoE layers own one for the
+    router noise and one for the expert dropout)."""
+    states = {}
+    for layer in _layers(model):
+        for attribute, value in vars(layer).items():
+            if isinstance(value, keras.random.SeedGenerator):
+                state = keras.ops.convert_to_numpy(value.state)
+                states[f"{layer.name}.{attribute}"] = tuple(int(v) for v in state)
+    return states
+
+
+@pytest.mark.parametrize(
+    "config,count",
+    [
+        # rotation, translation, zoom, conv router noise, feature dropout,
+        # MoE router noise and expert dropout, head dropout
+        (ModelConfig(conv_moe=(2, 4), hidden_dropout=0.2, routing={"router_noise": "gaussian"}), 8),
+        (ModelConfig(moe=None, hidden=32, hidden_dropout=0.3), 6),
+        (ModelConfig(arch="mlp", moe=None, hidden_dropout=0.3), 1),
+        (ModelConfig(arch="mlp", moe=(2, 3), hidden_dropout=0.3, routing={"router_noise": "gaussian"}), 2),
+    ],
+)
+def test_no_two_random_layers_share_a_seed(config, count):
+    states = _seed_states(build_model(config, seed=5))
+    assert len(states) == count, sorted(states)
+    assert len(set(states.values())) == count, states
+    # The same run seed gives the same seeds; another run's are all different.
+    assert _seed_states(build_model(config, seed=5)) == states
+    assert not set(states.values()) & set(_seed_states(build_model(config, seed=6)).values())
+
+
+def test_layer_seeds_are_distinct_ints_also_for_large_and_numpy_seeds():
+    from pipelines.models import MAX_SEED
+    from pipelines.models import layer_seeds
+
+    for seed in (0, np.int64(1), "2", MAX_SEED):
+        seeds = list(layer_seeds(seed))
+        assert all(type(s) is int and 0 <= s < 2**31 for s in seeds)
+        # MoEDense also uses seed + 1, so seeds are at least two apart.
+        assert len({s + offset for s in seeds for offset in (0, 1)}) == 2 * len(seeds)
+    with pytest.raises(ValueError, match="seed"):
+        next(layer_seeds(-1))
+
+
+def test_study_models_are_the_mlp_with_the_layers_own_routing():
+    from pipelines.experiments import models as study
+
+    baseline = build_model(replace(study.baseline(), input_shape=(784,)))
+    assert [layer.units for layer in baseline.layers if isinstance(layer, keras.layers.Dense)] == [128, 64, 10]
+    moe = build_model(replace(study.moe(4, 2, standardize=True, switch_loss_weight=0.1), input_shape=(3072,)))
+    layer = moe.get_layer(study.MOE_LAYER_NAME)
+    assert (layer.units, layer.num_experts, layer.top_k, layer.expert_hidden) == (64, 4, 2, 128)
+    assert layer.switch_loss_weight == 0.1
+    # Not the pipeline's cosine router and loss-free bias: the layer's defaults.
+    assert layer.router_type == "linear" and not layer.bias_update_rate
+    assert moe.input_shape == (None, 3072)
+    scaled = moe.get_layer("standardize")(np.array([[0.1307, 1.0]], "float32"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(scaled), [[0.0, (1 - 0.1307) / 0.3081]], rtol=1e-5)
+    # 784 x n router plus n experts 784-128-64 plus the head, at k=1.
+    total, _ = count_parameters(build_model(replace(study.moe(3), input_shape=(784,))))
+    assert total == 784 * 3 + 3 * (784 * 128 + 128 + 128 * 64 + 64) + 64 * 10 + 10
+
+
+def test_cnn_needs_image_inputs():
+    with pytest.raises(ValueError, match="height, width, channels"):
+        ModelConfig(input_shape=(784,))
+    with pytest.raises(ValueError, match="routing_defaults"):
+        ModelConfig(routing_defaults="mine")

@@ -3,7 +3,7 @@
 import numpy as np
 
 from moe_keras import MoEDense
-from pipelines import router_saturation
+from pipelines.experiments import router_saturation
 
 
 def test_scaled_linear_router_saturates_where_cosine_does_not():

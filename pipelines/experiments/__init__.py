@@ -8,6 +8,13 @@ reported number), writes per-seed and summary CSVs and PNG figures, and
 `report` gathers them into `reports/moe_study.md`.
 """
 
-from pipelines.experiments.cli import main
-
 __all__ = ["main"]
+
+
+def main(argv=None):
+    """`python -m pipelines.experiments`; see `pipelines.experiments.cli`."""
+    # Imported here, so that `pipelines.experiments.router_saturation` and
+    # the runner load without the study's report and plotting stack.
+    from pipelines.experiments.cli import main as cli_main
+
+    return cli_main(argv)

@@ -13,7 +13,8 @@ from pathlib import Path
 from pipelines.experiments import datasets as datasets_lib
 from pipelines.experiments import report as report_lib
 from pipelines.experiments import studies
-from pipelines.experiments.runner import TrainSettings
+from pipelines.experiments.runner import STUDY_RECIPE
+from pipelines.experiments.runner import study_train_config
 
 NAMES = tuple(studies.EXPERIMENTS) + ("report", "all")
 RUN_LOG = "run_log.csv"
@@ -29,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=Path, default=Path("runs/experiments"),
                         help="scratch outputs such as the digits CSV cache (default: runs/experiments)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default: 3)")
-    parser.add_argument("--epochs", type=int, default=15, help="maximum epochs (default: 15)")
-    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience on val loss (default: 3)")
+    parser.add_argument("--epochs", type=int, default=STUDY_RECIPE.epochs,
+                        help=f"maximum epochs (default: {STUDY_RECIPE.epochs})")
+    parser.add_argument("--patience", type=int, default=STUDY_RECIPE.patience,
+                        help=f"early-stopping patience on val loss (default: {STUDY_RECIPE.patience})")
     parser.add_argument("--dataset", choices=datasets_lib.DATASET_NAMES, default="digits",
                         help="dataset of collapse/balancing/experts/specialisation (default: digits)")
     parser.add_argument("--data", type=Path, default=datasets_lib.DEFAULT_FASHION_DIR,
@@ -49,7 +52,7 @@ def context_from(args) -> studies.Context:
         out=args.out,
         runs=args.runs,
         seeds=list(range(seeds)),
-        settings=TrainSettings(epochs=epochs, patience=args.patience, run_eagerly=args.quick),
+        settings=study_train_config(epochs=epochs, patience=args.patience, run_eagerly=args.quick),
         dataset=args.dataset,
         idx_dir=args.data,
         cifar_dir=args.cifar_dir,
@@ -68,7 +71,11 @@ def main(argv=None) -> int:
     if args.seeds < 1 or args.epochs < 1:
         print("error: --seeds and --epochs must be at least 1", file=sys.stderr)
         return 2
-    context = context_from(args)
+    try:
+        context = context_from(args)
+    except ValueError as error:  # the training config's own checks
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     names = list(studies.EXPERIMENTS) if args.name == "all" else [args.name]
     for name in names:
         if name == "report":

@@ -1,67 +1,82 @@
 """Training one configuration under several seeds, and aggregating results.
 
 One run = seeded stratified train/validation split of the training data,
-Adam training with early stopping on validation loss (best weights
-restored), then a single evaluation on the held-out test set. Model
-selection never sees the test set.
+`pipelines.train.fit` with the study's recipe (Adam at a constant rate,
+early stopping on validation loss, best weights restored), then a single
+evaluation on the held-out test set. Model selection never sees the test
+set.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
 
 import keras
 import numpy as np
 import pandas as pd
 
-from moe_keras.callbacks import ExpertUsage
 from pipelines import data
+from pipelines import train
 from pipelines.experiments import models
-from pipelines.models import count_parameters
 from pipelines.experiments.datasets import Dataset
+from pipelines.models import ModelConfig
+from pipelines.models import count_parameters
+from pipelines.train import TrainConfig
+
+# The study's recipe: constant learning rate, validation loss watched from
+# the first epoch. patience >= epochs trains every epoch and still restores
+# the best.
+STUDY_RECIPE = TrainConfig(
+    epochs=15,
+    batch_size=64,
+    learning_rate=1e-3,
+    schedule="constant",
+    validation_fraction=0.15,
+    patience=3,
+    early_stopping_start=0.0,
+    verbose=0,
+)
 
 
-@dataclass
-class TrainSettings:
-    """Optimisation settings shared by every run of an experiment."""
+def study_train_config(**overrides) -> TrainConfig:
+    """`STUDY_RECIPE` with `overrides` (e.g. `epochs`, `run_eagerly`)."""
+    return replace(STUDY_RECIPE, **overrides)
 
-    epochs: int = 15
-    patience: int = 3  # >= epochs: train all epochs, still restore the best
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    validation_fraction: float = 0.15
-    # Eager steps skip graph tracing, which dominates tiny --quick runs.
-    run_eagerly: bool = False
+
+# The name studies.py builds its settings with.
+TrainSettings = study_train_config
 
 
 @dataclass
 class Config:
-    """One model configuration: a label, a builder and columns for the CSV."""
+    """One model configuration: a label, its model and columns for the CSV.
+
+    `model.input_shape` is set to the dataset's at training time.
+    """
 
     label: str
-    build: Callable[[int, int], keras.Model]  # (features, seed) -> model
+    model: ModelConfig
     columns: dict = field(default_factory=dict)
 
 
 def baseline_config(**columns) -> Config:
-    return Config("baseline", models.build_baseline, {"model": "baseline", **columns})
+    return Config("baseline", models.baseline(), {"model": "baseline", **columns})
 
 
 def moe_config(label: str, num_experts: int, top_k: int = 1, routing: dict | None = None,
                standardize: bool = False, **columns) -> Config:
     """A MoE config: `routing` goes to the layer (and the CSV), `columns` only to the CSV."""
     routing = dict(routing or {})
-
-    def build(features, seed):
-        return models.build_moe(features, seed, num_experts, top_k, standardize, **routing)
-
-    return Config(label, build, {"model": "moe", "num_experts": num_experts, "top_k": top_k, **routing, **columns})
+    model = models.moe(num_experts, top_k, standardize, **routing)
+    return Config(label, model, {"model": "moe", "num_experts": num_experts, "top_k": top_k, **routing, **columns})
 
 
-def train_once(config: Config, dataset: Dataset, seed: int, settings: TrainSettings):
-    """Trains one seed of one config.
+def train_once(config: Config, dataset: Dataset, seed, settings: TrainConfig):
+    """Trains one seed of one config with `pipelines.train.fit`.
+
+    `seed` replaces `settings.seed` (an int, a NumPy integer or a string of
+    digits).
 
     Returns:
         `(row, history, model, validation)`: `row` a dict of every number of
@@ -69,35 +84,13 @@ def train_once(config: Config, dataset: Dataset, seed: int, settings: TrainSetti
         statistics included for MoE models), the trained model, and the
         `(x_val, y_val)` split it was selected on.
     """
+    settings = replace(settings, seed=seed)
     x_train, y_train, x_val, y_val = data.train_validation_split(
-        dataset.x_train, dataset.y_train, settings.validation_fraction, seed=seed
+        dataset.x_train, dataset.y_train, settings.validation_fraction, seed=settings.seed
     )
-    model = config.build(dataset.features, seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(settings.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        run_eagerly=settings.run_eagerly,
-    )
-    timer = _EpochTimer()
-    callbacks = [
-        timer,
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=settings.patience, restore_best_weights=True
-        ),
-    ]
-    if config.columns.get("model") == "moe":
-        # First, so that its statistics are in the logs the others see.
-        callbacks.insert(0, ExpertUsage(per_expert_load=True))
-    fit = model.fit(
-        x_train, y_train,
-        validation_data=(x_val, y_val),
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        callbacks=callbacks,
-        verbose=0,
-    )
-    history = pd.DataFrame(fit.history)
+    model_config = replace(config.model, input_shape=(dataset.features,))
+    model, logs, _, epoch_seconds = train.fit(model_config, settings, x_train, y_train, x_val, y_val)
+    history = pd.DataFrame(logs)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     best = int(history["val_loss"].idxmin())
     test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
@@ -106,7 +99,7 @@ def train_once(config: Config, dataset: Dataset, seed: int, settings: TrainSetti
         "config": config.label,
         **config.columns,
         "dataset": dataset.name,
-        "seed": seed,
+        "seed": settings.seed,
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
         "val_accuracy": float(history["val_accuracy"][best]),
@@ -115,7 +108,7 @@ def train_once(config: Config, dataset: Dataset, seed: int, settings: TrainSetti
         "epochs_run": len(history),
         # The first epoch includes graph tracing; the median of the rest is
         # the steady-state cost.
-        "epoch_seconds": float(np.median(timer.seconds[1:] or timer.seconds)),
+        "epoch_seconds": float(np.median(epoch_seconds[1:] or epoch_seconds)),
         "params_total": total,
         "params_active": active,
     }
@@ -132,19 +125,6 @@ def _routing_columns(history: pd.DataFrame, best: int) -> dict:
         columns[f"final_{name}"] = float(history[key].iloc[-1])
         columns[f"best_{name}"] = float(history[key][best])
     return columns
-
-
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each training epoch (validation included)."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def run_configs(configs, dataset, seeds, settings, log=print, on_run=None):

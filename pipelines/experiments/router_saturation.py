@@ -1,9 +1,10 @@
 """Why MoE(3,5) lost to its dense baseline: the router's softmax saturates.
 
-`python -m pipelines.router_saturation` trains the pipeline's CNN models for
-the first epochs of the pipeline's own recipe (`pipelines.train._fit`: Adam
-2e-3 with the 40-epoch cosine schedule, augmentation, early stopping) on the
-embedded sample and, after every epoch, measures on the validation images:
+`python -m pipelines.experiments.router_saturation` trains the pipeline's
+CNN models for the first epochs of the pipeline's own recipe
+(`pipelines.train.fit` with the default `TrainConfig`: Adam 2e-3 with the
+40-epoch cosine schedule, augmentation, early stopping) on the embedded
+sample and, after every epoch, measures on the validation images:
 
 * the standard deviation of the router logits;
 * the mean mixing weights of each token's 1st, 2nd, ... selected expert
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipelines import records
 
 EPOCH_COLUMNS = ("model", "epoch", "train_accuracy", "validation_accuracy",
                  "logit_std", "mixing_weights")
@@ -71,7 +74,7 @@ def run(epochs, quick=False, log=print):
 
     from pipelines import data
     from pipelines.train import TrainConfig
-    from pipelines.train import _fit
+    from pipelines.train import fit
 
     with tempfile.TemporaryDirectory() as directory:
         data.write_embedded_default(directory)
@@ -109,40 +112,46 @@ def run(epochs, quick=False, log=print):
     # the first `epochs` of it are run.
     train_config = TrainConfig(verbose=0)
     for name, model_config in _variants():
-        keras.utils.set_random_seed(train_config.seed)
-        _fit(model_config, train_config, x_train, y_train, x_val, y_val,
-             callbacks=[Probe(name)])
+        fit(model_config, train_config, x_train, y_train, x_val, y_val,
+            callbacks=[Probe(name)])
     return rows
 
 
-def format_row(row):
+TABLE_HEADER = ("model", "epoch", "train acc %", "val acc %", "router logit std",
+                "mean mixing weights (1st / 2nd / 3rd expert)")
+
+
+def _cells(row):
     weights = row["mixing_weights"]
     mixing = "-" if weights is None else " / ".join(f"{w:.3f}" for w in weights)
     logit_std = "-" if row["logit_std"] is None else f"{row['logit_std']:.2f}"
-    return (f"| {row['model']} | {row['epoch']} | {100 * row['train_accuracy']:.1f} | "
-            f"{100 * row['validation_accuracy']:.1f} | {logit_std} | {mixing} |")
+    return (row["model"], row["epoch"], f"{100 * row['train_accuracy']:.1f}",
+            f"{100 * row['validation_accuracy']:.1f}", logit_std, mixing)
+
+
+def format_row(row):
+    """One row of the Markdown table, as the run logs it."""
+    return "| " + " | ".join(str(cell) for cell in _cells(row)) + " |"
 
 
 def write_report(rows, path, command, seconds):
     """Writes the Markdown table and `<stem>.csv` atomically."""
-    from pipelines.train import device_description
-    from pipelines.train import write_text_atomically
+    from pipelines.train import machine_line
 
     path = Path(path)
     lines = [
         "# Router saturation: MoE(3,5) h64 on the pipeline's CNN",
         "",
-        f"Command: `{command}` ({seconds / 60:.1f} min on {device_description()}). "
+        f"Command: `{command}` ({seconds / 60:.1f} min on "
+        f"{machine_line(records.machine_description())}). "
         "Embedded sample, 3,600 training / "
         "400 validation images, seed 0; statistics on the validation images "
         "after each epoch.",
         "",
-        "| model | epoch | train acc % | val acc % | router logit std | mean mixing weights (1st / 2nd / 3rd expert) |",
-        "|---|---|---|---|---|---|",
-        *(format_row(row) for row in rows),
+        records.markdown_table(TABLE_HEADER, [_cells(row) for row in rows]),
         "",
     ]
-    write_text_atomically(path, "\n".join(lines))
+    records.write_text_atomically(path, "\n".join(lines))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EPOCH_COLUMNS)
     writer.writeheader()
@@ -150,11 +159,11 @@ def write_report(rows, path, command, seconds):
         weights = row["mixing_weights"]
         writer.writerow({**row, "mixing_weights": "" if weights is None
                          else " ".join(f"{w:.4f}" for w in weights)})
-    write_text_atomically(path.with_suffix(".csv"), buffer.getvalue())
+    records.write_text_atomically(path.with_suffix(".csv"), buffer.getvalue())
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pipelines.router_saturation",
+    parser = argparse.ArgumentParser(prog="python -m pipelines.experiments.router_saturation",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model (default 3)")
     parser.add_argument("--out", type=Path, default=Path("reports/router_saturation.md"))
@@ -165,7 +174,7 @@ def main(argv=None):
     started = time.perf_counter()
     print("| model | epoch | train acc % | val acc % | router logit std | mean mixing weights |")
     rows = run(args.epochs, quick=args.quick)
-    command = "python -m pipelines.router_saturation " + " ".join(
+    command = "python -m pipelines.experiments.router_saturation " + " ".join(
         sys.argv[1:] if argv is None else argv)
     write_report(rows, args.out, command.strip(), time.perf_counter() - started)
     print(f"wrote {args.out}")

@@ -1,0 +1,250 @@
+"""The one fit loop (`pipelines.train.fit`) under the pipeline's and the
+study's recipes, seeds, the dtype policy, and the run record."""
+
+import json
+import sys
+from dataclasses import asdict
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import data
+from pipelines import records
+from pipelines import train
+from pipelines.experiments import runner
+from pipelines.experiments.datasets import Dataset
+from pipelines.models import MAX_SEED
+from pipelines.models import ModelConfig
+from pipelines.models import parse_seed
+from pipelines.train import TrainConfig
+
+TINY_MLP = ModelConfig(arch="mlp", moe=(2, 3), hidden=8)
+
+
+def _tiny_images(rows=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((rows, 28, 28, 1), dtype=np.float32), np.arange(rows) % 10
+
+
+def _tiny_source(directory, train_rows=60, test_rows=12):
+    """Kaggle-layout CSVs of random digits, with held-out labels."""
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    pixels = [f"pixel{i}" for i in range(784)]
+    frame = pd.DataFrame(rng.integers(0, 256, size=(train_rows, 784)), columns=pixels)
+    frame.insert(0, "label", np.arange(train_rows) % 10)
+    frame.to_csv(directory / "train.csv", index=False)
+    test = pd.DataFrame(rng.integers(0, 256, size=(test_rows, 784)), columns=pixels)
+    test.to_csv(directory / "test.csv", index=False)
+    labels = pd.DataFrame({"ImageId": np.arange(1, test_rows + 1), "Label": np.arange(test_rows) % 10})
+    labels.to_csv(directory / "test_labels.csv", index=False)
+    return data.DataSource(directory=directory, train_csv=directory / "train.csv",
+                           test_csv=directory / "test.csv",
+                           test_labels_csv=directory / "test_labels.csv", origin="local")
+
+
+@pytest.fixture
+def float32_policy():
+    """Whatever a test does to the global dtype policy ends with float32."""
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+class _LearningRates(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.rates = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+# Recipes ---------------------------------------------------------------------
+
+
+def test_pipeline_recipe_values_are_the_pipelines():
+    config = TrainConfig()
+    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (40, 64, 2e-3, "cosine")
+    assert (config.validation_fraction, config.patience, config.verbose) == (0.1, 10, 1)
+    # Validation loss is watched from 3/4 of the schedule on.
+    assert config.early_stopping_from_epoch == 30
+    assert TrainConfig(epochs=10).early_stopping_from_epoch == 10 * 3 // 4
+    stopping = train.early_stopping(config)
+    assert (stopping.monitor, stopping.patience, stopping.start_from_epoch) == ("val_loss", 10, 30)
+    assert stopping.restore_best_weights
+    schedule = train.learning_rate(config, steps_per_epoch=57)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert schedule.initial_learning_rate == 2e-3 and schedule.decay_steps == 57 * 40
+
+
+def test_study_recipe_values_are_the_studys():
+    recipe = runner.STUDY_RECIPE
+    assert isinstance(recipe, TrainConfig)
+    assert (recipe.epochs, recipe.batch_size, recipe.learning_rate, recipe.schedule) == (15, 64, 1e-3, "constant")
+    assert (recipe.validation_fraction, recipe.patience, recipe.verbose) == (0.15, 3, 0)
+    assert recipe.early_stopping_from_epoch == 0
+    assert train.learning_rate(recipe, steps_per_epoch=57) == 1e-3
+    # studies.py derives its fixed-epoch settings this way.
+    settings = runner.TrainSettings(**{**vars(recipe), "patience": recipe.epochs})
+    assert isinstance(settings, TrainConfig) and settings.patience == 15
+    assert settings.schedule == "constant"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_fit_trains_with_the_configured_schedule(schedule):
+    x, y = _tiny_images()
+    rates = _LearningRates()
+    config = TrainConfig(epochs=3, batch_size=32, schedule=schedule, verbose=0)
+    model, history, usage, epoch_seconds = train.fit(TINY_MLP, config, x[:40], y[:40], x[40:], y[40:],
+                                                     callbacks=[rates])
+    assert len(history["loss"]) == len(epoch_seconds) == 3
+    assert all(seconds > 0 for seconds in epoch_seconds)
+    assert len(usage.rows) == 3 and "moe_entropy" in history
+    assert rates.rates[0] == pytest.approx(2e-3)
+    if schedule == "cosine":
+        assert rates.rates[0] > rates.rates[1] > rates.rates[2] > 0
+    else:
+        assert rates.rates == pytest.approx([2e-3] * 3)
+
+
+def test_fit_weights_depend_on_the_seed_alone():
+    x, y = _tiny_images()
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, seed=3)
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(99)  # whatever the global state was
+        model = train.fit(TINY_MLP, config, x[:40], y[:40], x[40:], y[40:]).model
+        weights.append(keras.ops.convert_to_numpy(model.get_layer("classifier").kernel))
+    np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def test_the_study_trains_through_the_same_fit(monkeypatch):
+    calls = []
+    real_fit = train.fit
+
+    def spy(model_config, train_config, *args, **kwargs):
+        calls.append((model_config, train_config))
+        return real_fit(model_config, train_config, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", spy)
+    x, y = _tiny_images(rows=80)
+    flat = x.reshape(len(x), -1)
+    dataset = Dataset("tiny", flat, y, flat[:20], y[:20], "80 random images")
+    settings = runner.study_train_config(epochs=2, run_eagerly=True)
+    row, history, model, _ = runner.train_once(runner.moe_config("n=3 k=1", 3, 1), dataset,
+                                               np.int64(2), settings)
+    ((model_config, train_config),) = calls
+    assert model_config.input_shape == (784,) and model_config.routing_defaults == "layer"
+    assert train_config.seed == 2 and type(train_config.seed) is int
+    assert row["seed"] == 2 and type(row["seed"]) is int
+    assert row["epochs_run"] == len(history) == 2
+    assert "final_entropy" in row and model.get_layer("moe").router_type == "linear"
+
+
+# Seeds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value,expected", [(7, 7), (np.int64(7), 7), (np.uint32(5), 5), ("42", 42),
+                                            (" 3 ", 3), (MAX_SEED, MAX_SEED)])
+def test_seeds_are_converted_to_int(value, expected):
+    seed = parse_seed(value)
+    assert seed == expected and type(seed) is int
+    config = TrainConfig(seed=value)
+    assert config.seed == expected and type(config.seed) is int
+
+
+@pytest.mark.parametrize("value", [-1, MAX_SEED + 1, True, 1.0, np.float64(2), "1.5", "-3", "seven", "", None])
+def test_bad_seeds_are_rejected_clearly(value):
+    with pytest.raises(ValueError, match="seed"):
+        parse_seed(value)
+    with pytest.raises(ValueError, match="seed"):
+        TrainConfig(seed=value)
+
+
+def test_numpy_seed_trains():
+    x, y = _tiny_images()
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, seed=np.int64(1))
+    model = train.fit(ModelConfig(arch="mlp", moe=(1, 2), hidden=4, hidden_dropout=0.2), config,
+                      x[:40], y[:40], x[40:], y[40:]).model
+    assert type(model.get_layer("moe").seed) is int
+
+
+def test_study_cli_rejects_a_bad_training_config(tmp_path, capsys):
+    from pipelines.experiments import main
+
+    assert main(["collapse", "--patience", "-1", "--out", str(tmp_path)]) == 2
+    assert "patience" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# Dtype policy ----------------------------------------------------------------
+
+
+class _Fails(keras.callbacks.Callback):
+    """Notes the global policy in force during training, then raises."""
+
+    def on_train_begin(self, logs=None):
+        self.policy = keras.config.dtype_policy().name
+        raise RuntimeError("training failed")
+
+
+@pytest.mark.parametrize("before", ["float32", "mixed_bfloat16"])
+def test_fit_restores_the_dtype_policy_when_training_raises(before, float32_policy):
+    keras.config.set_dtype_policy(before)
+    x, y = _tiny_images()
+    failing = _Fails()
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, mixed_precision=True)
+    with pytest.raises(RuntimeError, match="training failed"):
+        train.fit(TINY_MLP, config, x[:40], y[:40], x[40:], y[40:], callbacks=[failing])
+    assert failing.policy == "mixed_float16"
+    assert keras.config.dtype_policy().name == before
+
+
+def test_train_run_restores_the_dtype_policy_when_a_later_step_raises(tmp_path, monkeypatch, float32_policy):
+    def broken_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data, "write_submission", broken_write)
+    source = _tiny_source(tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, mixed_precision=True)
+    with pytest.raises(OSError, match="disk full"):
+        train.train_run(TINY_MLP, config, source, tmp_path / "out" / "run.csv", log=lambda line: None)
+    assert keras.config.dtype_policy().name == "float32"
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+# Run record ------------------------------------------------------------------
+
+
+def test_run_record_has_command_config_seed_versions_machine_metrics_timings(tmp_path):
+    source = _tiny_source(tmp_path / "data")
+    model_config = TINY_MLP
+    train_config = TrainConfig(epochs=2, batch_size=32, verbose=0, seed="4", patience=5)
+    lines = []
+    result = train.train_run(model_config, train_config, source, tmp_path / "out" / "run.csv", log=lines.append)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["command"] == sys.argv
+    assert record["model_config"] == json.loads(json.dumps(asdict(model_config)))
+    assert record["train_config"] == json.loads(json.dumps(asdict(train_config)))
+    assert record["seed"] == 4 and record["train_config"]["seed"] == 4
+    assert record["versions"] == records.library_versions()
+    assert record["machine"] == json.loads(json.dumps(records.machine_description()))
+    for key in ("train_accuracy", "validation_accuracy", "test_accuracy", "params_total", "params_active"):
+        assert record[key] == getattr(result, key)
+    assert 0 <= record["test_accuracy"] <= 1
+    assert record["epochs_run"] == len(record["history"]["loss"]) == 2
+    timings = record["timings"]
+    assert len(timings["epoch_s"]) == 2
+    # Rounded to ms and 10 ms.
+    assert 0 < sum(timings["epoch_s"]) <= timings["fit_s"] + 0.01
+    assert timings["fit_s"] <= timings["total_s"] + 0.01
+    assert timings["total_s"] == record["wall_time_s"]
+    assert any(train.machine_line(record["machine"]) in line for line in lines)
+
+
+def test_train_uses_the_projects_one_writer():
+    # pipelines/cli.py imports the writer from pipelines.train for now.
+    assert train.write_text_atomically is records.write_text_atomically
+    for copy in ("write_json_atomically", "device_description", "library_versions", "_json_default"):
+        assert not hasattr(train, copy), copy
