@@ -4,6 +4,7 @@ the report and the CLI's error handling."""
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import struct
 
@@ -220,6 +221,52 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
         assert path.read_bytes() == good
         assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
         assert plt.get_fignums() == []
+
+
+def _run_log(path, **columns):
+    log = pd.DataFrame({"experiment": ["collapse", "experts"],
+                        "command": ["python -m pipelines.experiments collapse", "python -m pipelines.experiments experts"],
+                        "wall_seconds": [10, 20], "finished_utc": ["2026-01-01 10:00", "2026-01-01 11:00"],
+                        "quick": [False, False], **columns})
+    log.to_csv(path / "run_log.csv", index=False)
+
+
+def test_report_takes_machine_and_versions_from_the_run_log(tmp_path):
+    machines = [
+        {"platform": "Linux-6.1-x86_64", "processor": "x86_64", "cpu_count": 96, "accelerator": "NVIDIA H100"},
+        {"platform": "Linux-6.1-x86_64", "processor": "x86_64", "cpu_count": 2, "accelerator": None},
+    ]
+    versions = {"python": "3.11.7", "keras": "3.15.1", "backend": "jax", "jax": "0.10.2", "numpy": "2.4.6"}
+    _run_log(tmp_path, machine=[json.dumps(m) for m in machines], versions=[json.dumps(versions)] * 2)
+    text = report_lib.build_report(tmp_path)
+
+    hardware = next(line for line in text.splitlines() if line.startswith("- Hardware:"))
+    assert "96-core CPU (x86_64), NVIDIA H100, Linux-6.1-x86_64 (collapse)" in hardware
+    assert "2-core CPU (x86_64), no accelerator, Linux-6.1-x86_64 (experts)" in hardware
+    software = next(line for line in text.splitlines() if line.startswith("- Software:"))
+    assert software == "- Software: backend `jax`: Keras 3.15.1, JAX 0.10.2, NumPy 2.4.6, Python 3.11.7."
+    assert "not recorded" not in text
+
+
+def test_report_says_machine_not_recorded_instead_of_its_own(tmp_path, monkeypatch):
+    import os
+    import platform
+
+    # Whatever the report machine is, none of it may reach the report.
+    monkeypatch.setattr(os, "cpu_count", lambda: 4321)
+    monkeypatch.setattr(platform, "processor", lambda: "report-machine-cpu")
+    monkeypatch.setattr(platform, "machine", lambda: "report-machine-arch")
+    _run_log(tmp_path, machine=["", "2-core CPU, recorded as text"])
+    text = report_lib.build_report(tmp_path)
+    hardware = next(line for line in text.splitlines() if line.startswith("- Hardware:"))
+    assert hardware == "- Hardware: machine not recorded (collapse); 2-core CPU, recorded as text (experts)."
+    assert "4321" not in text and "report-machine" not in text
+
+    _run_log(tmp_path)
+    text = report_lib.build_report(tmp_path)
+    assert "- Hardware: machine not recorded (run_log.csv has no `machine` for these runs)." in text
+    assert "versions not recorded" in text and "the environment that wrote this report has backend `" in text
+    assert "4321" not in text and "report-machine" not in text
 
 
 def test_report_marks_missing_sections(tmp_path):

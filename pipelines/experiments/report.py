@@ -7,9 +7,8 @@ refreshes every number. Sections whose CSV is missing say so.
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import platform
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,7 @@ from scipy import stats
 
 from pipelines.experiments import models
 from pipelines.experiments.plots import ranked_loads
+from pipelines.records import library_versions, markdown_table, write_text_atomically
 
 REPORT_NAME = "moe_study.md"
 
@@ -42,12 +42,6 @@ def _pm(mean, std, digits=3) -> str:
     return f"{round(mean, digits) + 0.0:.{digits}f} ± {std:.{digits}f}"
 
 
-def _table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def compare(frame: pd.DataFrame, column: str, a, b, value="test_accuracy") -> tuple[float, float]:
     """(mean of `b` - mean of `a`, Welch t-test p-value) over seeds of `frame`."""
     first = frame.loc[frame[column] == a, value].to_numpy()
@@ -64,34 +58,86 @@ def _diff(difference, p_value) -> str:
     return f"{100 * difference:+.2f} pp (Welch p={p})"
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's guess."""
+def _described(value, describe) -> str | None:
+    """A run-log cell as text: JSON objects through `describe`, other text
+    as it is; None for an empty cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+        return None
     try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown model"
+        parsed = json.loads(str(value))
+    except ValueError:
+        return str(value).strip()
+    return describe(parsed) if isinstance(parsed, dict) else str(value).strip()
+
+
+def _machine_text(machine: dict) -> str:
+    """`records.machine_description()` as one phrase."""
+    cpu = f"{machine.get('cpu_count', '?')}-core CPU ({machine.get('processor') or 'unknown model'})"
+    accelerator = machine.get("accelerator") or "no accelerator"
+    return f"{cpu}, {accelerator}, {machine.get('platform', 'unknown platform')}"
+
+
+def _versions_text(versions: dict) -> str:
+    """`records.library_versions()` as one phrase; always names the backend."""
+    names = {"keras": "Keras", "tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch",
+             "numpy": "NumPy", "python": "Python"}
+    parts = [f"{label} {versions[key]}" for key, label in names.items() if key in versions]
+    return f"backend `{versions.get('backend', 'unknown')}`: " + ", ".join(parts)
+
+
+def _recorded(log: pd.DataFrame | None, column: str, describe) -> list[tuple[str, list[str]]]:
+    """Distinct values of a run-log column with the experiments each covers,
+    in log order; ("", [...]) collects the runs that recorded none."""
+    if log is None:
+        return []
+    found: dict[str, list[str]] = {}
+    cells = log[column] if column in log.columns else [None] * len(log)
+    for experiment, cell in zip(log["experiment"], cells):
+        found.setdefault(_described(cell, describe) or "", []).append(str(experiment))
+    return list(found.items())
+
+
+def _provenance_lines(log: pd.DataFrame | None) -> list[str]:
+    """Hardware and software lines from the run log. The machine is never
+    taken from the one writing the report, which need not be the one that
+    ran the experiments."""
+    lines = []
+    for label, column, describe in (("Hardware", "machine", _machine_text), ("Software", "versions", _versions_text)):
+        missing = f"{column} not recorded"
+        recorded = _recorded(log, column, describe)
+        if log is None:
+            text = f"{missing} (no run_log.csv in this folder)"
+        elif not recorded:
+            text = f"{missing} (run_log.csv lists no full run)"
+        elif len(recorded) == 1:
+            text = recorded[0][0] or f"{missing} (run_log.csv has no `{column}` for these runs)"
+        else:
+            text = "; ".join(f"{value or missing} ({', '.join(experiments)})" for value, experiments in recorded)
+        if label == "Software" and not any(value for value, _ in recorded):
+            # Versions rarely differ between the machine that ran the study
+            # and the checkout that reports it, so they are worth showing,
+            # labelled for what they are.
+            text += f"; the environment that wrote this report has {_versions_text(library_versions())}"
+        lines.append(f"- {label}: {text}.")
+    lines.append("- Times are indicative only: the runs shared their machine with other jobs.")
+    return lines
 
 
 # Sections -------------------------------------------------------------------
 
 
 def setup_section(out: Path) -> str:
-    import keras
-    import tensorflow as tf
-
     log = _read(out, "run_log.csv")
     experts = _read(out, "experts_summary.csv")
+    runs = None
+    if log is not None:
+        runs = log[~log["quick"].astype(str).str.lower().eq("true")]
+        # A re-run replaces an experiment's CSVs, so only its last command counts.
+        runs = runs.drop_duplicates("experiment", keep="last")
     lines = [
         "## Setup",
         "",
-        f"- Hardware: {os.cpu_count()}-core CPU ({platform.machine()}, {_cpu_model()}), "
-        "no GPU; other jobs shared the two cores, so times are indicative only.",
-        f"- Software: Keras {keras.__version__}, backend `{keras.backend.backend()}` (TensorFlow {tf.__version__}), "
-        f"Python {platform.python_version()}.",
+        *_provenance_lines(runs),
         f"- Baseline: MLP 784-{models.HIDDEN}-{models.UNITS}-10, relu. MoE: `MoEDense({models.UNITS}, num_experts=n, "
         f"top_k=k, expert_hidden={models.HIDDEN}, activation='relu')` -> Dense(10, softmax): every expert is the "
         "baseline's 784-128-64 block, routed on the raw 784 pixels (router 784 x n).",
@@ -108,14 +154,11 @@ def setup_section(out: Path) -> str:
             for row in experts.itertuples()
         ]
         lines += ["", "Parameters (total trainable; active = used by one input: router + k experts + head):", "",
-                  _table(["model", "total", "active per input"], rows)]
-    if log is not None:
-        full = log[~log["quick"].astype(str).str.lower().eq("true")]
-        # A re-run replaces an experiment's CSVs, so only its last command counts.
-        full = full.drop_duplicates("experiment", keep="last")
-        rows = [(f"`{row.command}`", row.wall_seconds, row.finished_utc) for row in full.itertuples()]
+                  markdown_table(["model", "total", "active per input"], rows)]
+    if runs is not None:
+        rows = [(f"`{row.command}`", row.wall_seconds, row.finished_utc) for row in runs.itertuples()]
         lines += ["", "Commands that produced this report (run from the repository root), with wall time:", "",
-                  _table(["command", "wall s", "finished (UTC)"], rows),
+                  markdown_table(["command", "wall s", "finished (UTC)"], rows),
                   "", "then `python -m pipelines.experiments report`."]
     return "\n".join(lines)
 
@@ -153,7 +196,7 @@ def collapse_section(out: Path) -> str:
         "seeds, because which expert wins differs between seeds. 'std. inputs' = pixels mapped to "
         "(x - 0.1307) / 0.3081 before the router (torchvision's MNIST normalisation); otherwise raw [0, 1] pixels.",
         "",
-        _table(["Switch", "load at last epoch (busiest/…/least)", "entropy (nats, max 1.099)",
+        markdown_table(["Switch", "load at last epoch (busiest/…/least)", "entropy (nats, max 1.099)",
                 "max load / ideal", "test acc %", "reference study"], rows),
         "",
         *claims,
@@ -186,7 +229,7 @@ def balancing_section(out: Path) -> str:
         "inputs in training), z-loss 0.001 (ST-MoE's value; it only shrinks logits and does not balance), "
         "loss-free bias rate 0.001 (DeepSeek-V3, no auxiliary loss). All other terms 0.",
         "",
-        _table(["method", "entropy at last epoch (nats)", "max load / ideal", "dead experts", "test acc %",
+        markdown_table(["method", "entropy at last epoch (nats)", "max load / ideal", "dead experts", "test acc %",
                 "acc vs none", "s / epoch"], rows),
         "",
         f"Most balanced: {best.config} (entropy {best.final_entropy_mean:.3f} of {math.log(3):.3f}).",
@@ -215,7 +258,7 @@ def experts_section(out: Path) -> str:
     return "\n".join([
         "## 3. Number of experts and top-k (Switch 0.01)",
         "",
-        _table(["config", "test acc %", "train acc % (best epoch)", "val acc %", "vs baseline", "params total",
+        markdown_table(["config", "test acc %", "train acc % (best epoch)", "val acc %", "vs baseline", "params total",
                 "active / input", "s / epoch", "best epoch", "reference MNIST (k=1)"], rows),
         "",
         f"Dense baseline: {_pct(base.test_accuracy_mean, base.test_accuracy_std)}. MoE k=1 by n: {trend} "
@@ -244,7 +287,7 @@ def datasets_section(out: Path) -> str:
         "",
         *[f"- {note}" for note in notes],
         "",
-        _table(["dataset", "model", "test acc %", "vs baseline", "s / epoch"], rows),
+        markdown_table(["dataset", "model", "test acc %", "vs baseline", "s / epoch"], rows),
         "",
         "Reference study, CIFAR-10: " + ", ".join(
             f"{'baseline' if key == 'baseline' else f'{key} experts'} {value:.2f}"
@@ -293,7 +336,7 @@ def gating_section(out: Path) -> str:
         "gate=p: output = p(x) E(x) (Switch Transformer; the task loss trains the router). gate=1: "
         "`normalize_top_k=True`, the single gate is 1, so only the balancing loss trains the router.",
         "",
-        _table(["gate", "entropy at last epoch (nats)", "max load / ideal", "test acc %", "vs gate=p"], rows),
+        markdown_table(["gate", "entropy at last epoch (nats)", "max load / ideal", "test acc %", "vs gate=p"], rows),
         "",
         "![entropy per epoch by gate](gating_entropy.png)",
     ])
@@ -319,6 +362,5 @@ def write_report(out: Path) -> Path:
     discussion_path = out / "discussion.md"
     discussion = discussion_path.read_text() if discussion_path.exists() else ""
     path = out / REPORT_NAME
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(out, discussion))
+    write_text_atomically(path, build_report(out, discussion))
     return path
