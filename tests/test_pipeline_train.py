@@ -248,3 +248,23 @@ def test_train_uses_the_projects_one_writer():
     assert train.write_text_atomically is records.write_text_atomically
     for copy in ("write_json_atomically", "device_description", "library_versions", "_json_default"):
         assert not hasattr(train, copy), copy
+
+
+def test_study_run_log_records_machine_and_versions_and_upgrades_an_old_log(tmp_path):
+    import csv
+
+    from pipelines.experiments import cli as study_cli
+
+    old_header = "experiment,command,wall_seconds,finished_utc,quick\n"
+    (tmp_path / "run_log.csv").write_text(old_header + "collapse,python -m pipelines.experiments collapse,12,"
+                                          "2026-01-01 10:00,False\n")
+    study_cli._log_run(tmp_path, "experts", ["experts", "--seeds", "5"], 61.4, False)
+    with open(tmp_path / "run_log.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["experiment"] for row in rows] == ["collapse", "experts"]
+    assert rows[0]["wall_seconds"] == "12" and rows[0]["machine"] == rows[0]["versions"] == ""
+    new = rows[1]
+    assert new["command"] == "python -m pipelines.experiments experts --seeds 5"
+    assert new["wall_seconds"] == "61" and new["quick"] == "False"
+    assert json.loads(new["machine"]) == json.loads(json.dumps(records.machine_description()))
+    assert json.loads(new["versions"]) == records.library_versions()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import json
 import shlex
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines import records
 from pipelines.experiments import datasets as datasets_lib
 from pipelines.experiments import report as report_lib
 from pipelines.experiments import studies
@@ -90,14 +93,34 @@ def main(argv=None) -> int:
     return 0
 
 
+RUN_LOG_COLUMNS = ("experiment", "command", "wall_seconds", "finished_utc", "quick", "machine", "versions")
+
+
 def _log_run(out: Path, name: str, argv, seconds: float, quick: bool):
-    """Appends the command and its wall time to `<out>/run_log.csv` (for the report)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Adds the command, its wall time, the machine and the library versions
+    (JSON, from `pipelines.records`) to `<out>/run_log.csv`, for the report.
+
+    The log is rewritten atomically with every row; rows of a log written
+    before the machine and versions were recorded get empty cells there.
+    """
     path = out / RUN_LOG
-    new = not path.exists()
-    with open(path, "a", newline="") as file:
-        writer = csv.writer(file)
-        if new:
-            writer.writerow(["experiment", "command", "wall_seconds", "finished_utc", "quick"])
-        writer.writerow([name, "python -m pipelines.experiments " + shlex.join(argv), f"{seconds:.0f}",
-                         datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), quick])
+    rows, fields = [], list(RUN_LOG_COLUMNS)
+    if path.exists():
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+            fields += [f for f in reader.fieldnames or () if f not in fields]
+    rows.append({
+        "experiment": name,
+        "command": "python -m pipelines.experiments " + shlex.join(argv),
+        "wall_seconds": f"{seconds:.0f}",
+        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "quick": quick,
+        "machine": json.dumps(records.machine_description(), sort_keys=True),
+        "versions": json.dumps(records.library_versions(), sort_keys=True),
+    })
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    records.write_text_atomically(path, buffer.getvalue())
