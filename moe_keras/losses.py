@@ -15,7 +15,21 @@ from keras import ops
 _EPSILON = 1e-10
 
 
-def switch_load_balancing_loss(probabilities, expert_mask, top_k):
+def token_mean(values, token_mask=None):
+    """Mean over the token axis (0) of `values`, over unmasked tokens only.
+
+    Padding must not move a balancing loss: with `token_mask` (`(T,)` 0/1)
+    the masked rows get weight zero and the mean divides by the real count.
+    """
+    if token_mask is None:
+        return ops.mean(values, axis=0)
+    weights = ops.cast(token_mask, values.dtype)
+    weights = ops.reshape(weights, (-1,) + (1,) * (len(values.shape) - 1))
+    total = ops.maximum(ops.sum(weights), 1.0)
+    return ops.sum(values * weights, axis=0) / total
+
+
+def switch_load_balancing_loss(probabilities, expert_mask, top_k, token_mask=None):
     """Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4).
 
     `L = n * sum_i f_i * P_i` with `f_i` the fraction of token-slots routed to
@@ -30,13 +44,15 @@ def switch_load_balancing_loss(probabilities, expert_mask, top_k):
         probabilities: `(T, n)` router probabilities.
         expert_mask: `(T, n)` 0/1 mask of the selected experts (k ones a row).
         top_k: experts per token.
+        token_mask: optional `(T,)` 0/1; masked tokens (padding) are left
+            out of both means.
 
     Returns:
         Scalar loss, 1.0 when balanced.
     """
     num_experts = ops.shape(probabilities)[-1]
-    fraction_routed = ops.mean(expert_mask, axis=0) / top_k
-    mean_probability = ops.mean(probabilities, axis=0)
+    fraction_routed = token_mean(expert_mask, token_mask) / top_k
+    mean_probability = token_mean(probabilities, token_mask)
     return num_experts * ops.sum(fraction_routed * mean_probability)
 
 
@@ -51,7 +67,7 @@ def coefficient_of_variation_squared(values):
     return variance / (ops.square(mean) + _EPSILON)
 
 
-def importance_loss(probabilities):
+def importance_loss(probabilities, token_mask=None):
     """Importance loss (Shazeer et al. 2017, eq. 6; GShard).
 
     `L = CV(importance)^2` with `importance_i = sum_t p_ti`, the total gate
@@ -62,10 +78,12 @@ def importance_loss(probabilities):
     Returns:
         Scalar loss, 0.0 when every expert receives the same total probability.
     """
+    if token_mask is not None:
+        probabilities = probabilities * ops.cast(token_mask, probabilities.dtype)[:, None]
     return coefficient_of_variation_squared(ops.sum(probabilities, axis=0))
 
 
-def diversity_loss(probabilities):
+def diversity_loss(probabilities, token_mask=None):
     """Diversity (entropy) loss: `L = 1 - H(mean_t p_t) / log(n)`.
 
     `H` is the entropy (natural log) of the batch-mean routing distribution.
@@ -78,12 +96,12 @@ def diversity_loss(probabilities):
         Scalar loss in [0, 1], 0.0 when balanced.
     """
     num_experts = probabilities.shape[-1]
-    mean_probability = ops.mean(probabilities, axis=0)
+    mean_probability = token_mean(probabilities, token_mask)
     entropy = -ops.sum(mean_probability * ops.log(mean_probability + _EPSILON))
     return 1.0 - entropy / math.log(num_experts)
 
 
-def overflow_loss(probabilities, expert_mask, top_k, capacity_factor=1.0):
+def overflow_loss(probabilities, expert_mask, top_k, capacity_factor=1.0, token_mask=None):
     """Overflow loss: Switch-style penalty on the load above capacity only.
 
     Capacity is `c = capacity_factor * T * k / n` token-slots per expert. With
@@ -102,24 +120,28 @@ def overflow_loss(probabilities, expert_mask, top_k, capacity_factor=1.0):
     Returns:
         Scalar loss, 0.0 when no expert is over capacity.
     """
-    num_tokens = ops.cast(ops.shape(probabilities)[0], "float32")
+    if token_mask is None:
+        num_tokens = ops.cast(ops.shape(probabilities)[0], "float32")
+    else:
+        num_tokens = ops.maximum(ops.sum(ops.cast(token_mask, "float32")), 1.0)
+        expert_mask = expert_mask * ops.cast(token_mask, expert_mask.dtype)[:, None]
     num_experts = probabilities.shape[-1]
     slots = num_tokens * top_k
     capacity = capacity_factor * slots / num_experts
     counts = ops.sum(expert_mask, axis=0)
     overflow_fraction = ops.relu(counts - capacity) / slots
-    mean_probability = ops.mean(probabilities, axis=0)
+    mean_probability = token_mean(probabilities, token_mask)
     return num_experts * ops.sum(overflow_fraction * mean_probability)
 
 
-def router_z_loss(logits):
+def router_z_loss(logits, token_mask=None):
     """Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5): `mean_t logsumexp(x_t)^2`.
 
     Keeps router logits small so that the softmax stays in a numerically
     safe range; it does not balance by itself. Computed in float32.
     """
     logits = ops.cast(logits, "float32")
-    return ops.mean(ops.square(ops.logsumexp(logits, axis=-1)))
+    return token_mean(ops.square(ops.logsumexp(logits, axis=-1)), token_mask)
 
 
 def loss_free_bias_update(selection_bias, expert_counts, rate):

@@ -121,7 +121,7 @@ def expert_capacity(num_tokens, num_experts, top_k, capacity_factor):
     return ops.cast(capacity, "int32")
 
 
-def assign_capacity(expert_indices, num_experts, capacity):
+def assign_capacity(expert_indices, num_experts, capacity, token_mask=None):
     """Gives every (token, slot) its position in its expert's buffer.
 
     Priority follows GShard: all first choices are placed before any second
@@ -132,12 +132,16 @@ def assign_capacity(expert_indices, num_experts, capacity):
         expert_indices: `(T, k)` int expert indices.
         num_experts: routed experts `n`.
         capacity: slots per expert (int or scalar tensor).
+        token_mask: optional `(T,)` 0/1; a masked token (padding) takes no
+            slot and is not kept.
 
     Returns:
         `(positions, keep)`: `(T, k)` int32 positions (0-based) and `(T, k)`
         float32 mask, 1 where the slot fits in its expert's capacity.
     """
     one_hot = ops.one_hot(expert_indices, num_experts)  # (T, k, n)
+    if token_mask is not None:
+        one_hot = one_hot * ops.cast(token_mask, one_hot.dtype)[:, None, None]
     rank_major = ops.transpose(one_hot, (1, 0, 2))  # (k, T, n)
     flat = ops.reshape(rank_major, (-1, num_experts))
     # Running count per expert in priority order; minus one makes it 0-based.
@@ -146,6 +150,8 @@ def assign_capacity(expert_indices, num_experts, capacity):
     running = ops.transpose(running, (1, 0, 2))  # (T, k, n)
     positions = ops.sum(running * one_hot, axis=-1)
     keep = ops.cast(positions < ops.cast(capacity, positions.dtype), "float32")
+    if token_mask is not None:
+        keep = keep * ops.cast(token_mask, "float32")[:, None]
     return ops.cast(positions, "int32"), keep
 
 

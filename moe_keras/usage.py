@@ -5,54 +5,39 @@ dataset through a trained model; the collapse study and the
 `ExpertUsage` callback are built on them.
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
+from moe_keras.layers.moe_layer import MoELayer
+from moe_keras.stats import summarize_counts  # noqa: F401  (public here too)
+
+
+def _sublayers(layer):
+    """The layers a layer holds: a model's `layers`, and layers kept as
+    attributes (or in lists, tuples and dicts of them), as Keras tracks them."""
+    held = list(getattr(layer, "layers", None) or [])
+    for value in vars(layer).values():
+        values = value.values() if isinstance(value, dict) else value
+        if isinstance(values, (list, tuple)) or isinstance(value, dict):
+            held.extend(v for v in values if isinstance(v, keras.layers.Layer))
+        elif isinstance(value, keras.layers.Layer):
+            held.append(value)
+    return held
+
 
 def moe_layers(model):
-    """All `MoELayer`s of a model (or layer), outer first, in build order."""
-    from moe_keras.layers.moe_layer import MoELayer
-
-    found = [model] if isinstance(model, MoELayer) else []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    """All `MoELayer`s of a model (or layer), outer first, depth first."""
+    found, seen, stack = [], set(), [model]
+    while stack:
+        layer = stack.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
         if isinstance(layer, MoELayer):
             found.append(layer)
+        stack[:0] = _sublayers(layer)
     return found
-
-
-def summarize_counts(counts, dropped_slots=0.0):
-    """Routing statistics of per-expert token-slot counts.
-
-    Args:
-        counts: `(n,)` token-slots routed to each expert.
-        dropped_slots: slots dropped for lack of capacity.
-
-    Returns:
-        A dict: `load` (list of fractions summing to 1, all 0 before any
-        token), `entropy` (nats; `log(n)` means perfectly balanced, 0 means
-        one expert takes everything), `max_load_ratio` (largest load over the
-        ideal `1/n`; 1.0 is perfect), `dead_experts` (experts with no token),
-        `dropped_fraction` and `tokens` (slots counted).
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    num_experts = len(counts)
-    load = counts / total if total > 0 else np.zeros_like(counts)
-    nonzero = load[load > 0]
-    # "+ 0.0" turns the -0.0 of a single busy expert into 0.0 for display.
-    entropy = float(-(nonzero * np.log(nonzero)).sum()) + 0.0
-    return {
-        "load": [float(v) for v in load],
-        "entropy": entropy,
-        "max_entropy": math.log(num_experts),
-        "max_load_ratio": float(load.max() * num_experts) if total > 0 else 0.0,
-        "dead_experts": int((counts == 0).sum()) if total > 0 else num_experts,
-        "dropped_fraction": float(dropped_slots / (total + 1e-12)) if total else 0.0,
-        "tokens": float(total),
-    }
 
 
 def _router_inputs_model(model, layer):

@@ -292,8 +292,13 @@ def test_conv_sparse_needs_static_image_size():
         layer = MoEConv2D(2, 3, num_experts=experts)
         layer.build((None, 8, 8, 3))
         assert layer.resolved_dispatch == expected
+    # Pixel routing takes the dropless engine when n / k is above 2.
+    for experts, top_k, expected in ((32, 1, "sparse"), (4, 2, "dense"), (6, 2, "sparse")):
+        pixel = MoEConv2D(2, 3, num_experts=experts, top_k=top_k, routing="pixel")
+        pixel.build((None, 8, 8, 3))
+        assert pixel.resolved_dispatch == expected
     pixel = MoEConv2D(2, 3, num_experts=32, routing="pixel")
-    pixel.build((None, 8, 8, 3))
+    pixel.build((None, None, None, 3))
     assert pixel.resolved_dispatch == "dense"
 
 
@@ -394,9 +399,30 @@ def test_cosine_router_logits_stay_bounded_when_inputs_grow(layer_class):
     assert restored.router_type == "cosine" and restored.router_temperature == 0.25
 
 
-def test_conv_rejects_sparse_pixel_routing():
-    with pytest.raises(ValueError, match="routing='sample'"):
-        MoEConv2D(2, 3, num_experts=2, routing="pixel", dispatch="sparse")
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"strides": 2, "padding": "same"},
+        {"dilation_rate": 2},
+        {"kernel_size": 4, "strides": 2, "padding": "same"},
+        {"data_format": "channels_first", "padding": "same", "num_shared_experts": 1},
+    ],
+)
+def test_conv_pixel_sparse_equals_dense_all_experts(kwargs):
+    kwargs = {"kernel_size": 3, **kwargs}
+    shape = (3, 2, 9, 7) if kwargs.get("data_format") == "channels_first" else (3, 9, 7, 2)
+    x = np.random.default_rng(4).normal(size=shape).astype("float32")
+    dense = MoEConv2D(5, num_experts=6, top_k=2, routing="pixel", dispatch="dense", **kwargs)
+    dense.build(x.shape)
+    sparse = MoEConv2D(5, num_experts=6, top_k=2, routing="pixel", dispatch="sparse", **kwargs)
+    sparse.build(x.shape)
+    sparse.set_weights(dense.get_weights())
+    expected = np_(dense(x))
+    assert expected.shape == tuple(dense.compute_output_shape(x.shape))
+    # Every expert gets some pixels: the mixture really is per pixel.
+    assert len(np.unique(np_(dense.expert_choices(x)))) == 6
+    np.testing.assert_allclose(np_(sparse(x)), expected, rtol=1e-4, atol=1e-4)
 
 
 # Gradients, losses, training ----------------------------------------------

@@ -2,21 +2,45 @@
 
 import keras
 from keras import ops
-from keras.src.backend.config import standardize_data_format
-from keras.src.ops.operation_utils import compute_conv_output_shape
-from keras.src.utils.argument_validation import standardize_tuple
 
+from moe_keras import dispatch as dispatch_lib
 from moe_keras import routing as routing_lib
+from moe_keras.dispatch.strategy import CONDCONV_MIN_EXPERTS
+from moe_keras.dispatch.strategy import DENSE_MAX_EXPERTS_PER_CHOICE
+from moe_keras.dispatch.strategy import DISPATCH_MODES
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
 from moe_keras.layers.moe_layer import reshape_like
 
 ROUTING_MODES = ("sample", "pixel")
-DISPATCH_MODES = ("auto", "dense", "sparse")
-# Expert count from which `dispatch="auto"` takes the CondConv path: a
-# training step measured 2-3 plain convolutions for CondConv whatever `n`
-# and about `n` for the dense path (benchmarks/README.md, CPU).
-SPARSE_MIN_EXPERTS = 4
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def _pair(value, name):
+    """An int or a pair of positive ints as a tuple of 2 ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    value = tuple(value) if isinstance(value, (tuple, list)) else value
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive "
+            f"integer or a tuple of 2 positive integers. Received: {name}={value!r}"
+        )
+    return value
+
+
+def conv_output_length(size, kernel, stride, dilation, padding):
+    """One spatial output size of a convolution, as `keras.layers.Conv2D`."""
+    if size is None:
+        return None
+    span = (kernel - 1) * dilation + 1
+    if padding == "same":
+        return -(-size // stride)
+    return (size - span) // stride + 1
 
 
 @keras.saving.register_keras_serializable(package="moe_keras")
@@ -42,15 +66,16 @@ class MoEConv2D(MoELayer):
     Dispatch:
       * `"dense"`: all experts run as one convolution with `n * filters`
         output channels, then the outputs are mixed. Works for both routings.
-      * `"sparse"` (sample routing only, images of a known size): the
-        selected experts' kernels are mixed per example and each example is
-        convolved once (CondConv), as one batched matmul per kernel tap;
-        the convolution cost does not grow with `n`.
-      * `"auto"`: sparse for sample routing with at least
-        `SPARSE_MIN_EXPERTS` (4) experts and a known image size, dense
-        otherwise. Measured on CPU (`benchmarks/README.md`), a CondConv
-        training step costs two to three plain Conv2D steps whatever `n`,
-        and the dense path about `n`; at 2 experts they tie.
+      * `"sparse"` (images of a known size). Sample routing: the selected
+        experts' kernels are mixed per example and each example is
+        convolved once (CondConv), as one batched matmul per kernel tap.
+        Pixel routing: every output position's receptive field is a token
+        of `MoEDense`'s dropless engine, so each position runs only its k
+        experts. Either way the cost does not grow with `n`.
+      * `"auto"`: sparse for a known image size, with sample routing from
+        `CONDCONV_MIN_EXPERTS` experts and with pixel routing when `n / k`
+        is above `DENSE_MAX_EXPERTS_PER_CHOICE`
+        (`moe_keras.dispatch.strategy`); dense otherwise.
 
     Routing is always dropless. Balancing losses, router noise and
     statistics work as in `MoEDense` (see `MoELayer`).
@@ -119,26 +144,26 @@ class MoEConv2D(MoELayer):
                 "Received an invalid value for `dispatch`, expected one of "
                 f"{DISPATCH_MODES}. Received: dispatch={dispatch!r}"
             )
-        if routing == "pixel" and dispatch == "sparse":
-            raise ValueError(
-                "`dispatch='sparse'` mixes one kernel per image and needs "
-                "`routing='sample'`; per-pixel routing runs the dense path. "
-                f"Received: routing={routing!r}, dispatch={dispatch!r}"
-            )
         padding = str(padding).lower()
         if padding not in ("valid", "same"):
             raise ValueError(
                 "Received an invalid value for `padding`, expected 'valid' or "
                 f"'same'. Received: padding={padding!r}"
             )
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in DATA_FORMATS:
+            raise ValueError(
+                "Received an invalid value for `data_format`, expected one of "
+                f"{DATA_FORMATS}. Received: data_format={data_format!r}"
+            )
         self.filters = filters
-        self.kernel_size = standardize_tuple(kernel_size, 2, "kernel_size")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
         self.num_shared_experts = num_shared_experts
         self.routing = routing
-        self.strides = standardize_tuple(strides, 2, "strides")
+        self.strides = _pair(strides, "strides")
         self.padding = padding
-        self.data_format = standardize_data_format(data_format)
-        self.dilation_rate = standardize_tuple(dilation_rate, 2, "dilation_rate")
+        self.data_format = data_format
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(
                 "`strides > 1` is not compatible with `dilation_rate > 1`, as "
@@ -150,16 +175,22 @@ class MoEConv2D(MoELayer):
 
     @property
     def resolved_dispatch(self):
-        """`"dense"` or `"sparse"`, resolving `dispatch="auto"`."""
+        """`"dense"` or `"sparse"`, resolving `dispatch="auto"`.
+
+        Sparse means CondConv for sample routing (from `CONDCONV_MIN_EXPERTS`
+        experts) and the dropless engine of `MoEDense` for pixel routing
+        (from `n / k` above `DENSE_MAX_EXPERTS_PER_CHOICE`); both need the
+        image size at trace time.
+        """
         if self.dispatch != "auto":
             return self.dispatch
-        if (
-            self.routing == "sample"
-            and getattr(self, "_static_image_size", True)
-            and self.num_experts >= SPARSE_MIN_EXPERTS
-        ):
-            return "sparse"
-        return "dense"
+        if not getattr(self, "_static_image_size", True):
+            return "dense"
+        if self.routing == "sample":
+            sparse = self.num_experts >= CONDCONV_MIN_EXPERTS
+        else:
+            sparse = self.num_experts / self.top_k > DENSE_MAX_EXPERTS_PER_CHOICE
+        return "sparse" if sparse else "dense"
 
     def _channel_axis(self):
         return -1 if self.data_format == "channels_last" else 1
@@ -176,7 +207,7 @@ class MoEConv2D(MoELayer):
             if self.data_format == "channels_last"
             else input_shape[2:4]
         )
-        # The CondConv path slices every kernel tap's window out of the
+        # Both sparse paths slice every kernel tap's window out of the
         # padded image, which needs its size when the layer is traced.
         self._static_image_size = None not in tuple(spatial)
         if self.dispatch == "sparse" and not self._static_image_size:
@@ -195,6 +226,9 @@ class MoEConv2D(MoELayer):
         )
         self.input_spec = keras.layers.InputSpec(
             ndim=4, axes={self._channel_axis(): channels}
+        )
+        self.supports_jit = dispatch_lib.supports_xla(
+            self.routing == "pixel" and self.resolved_dispatch == "sparse"
         )
 
     def _add_experts(self, prefix, count, channels):
@@ -237,7 +271,7 @@ class MoEConv2D(MoELayer):
         tokens = ops.reshape(features, (-1, features.shape[-1]))
         return features, self.route(tokens, training=training)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=None):
         if self.data_format == "channels_first":
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         features, result = self._route_inputs(inputs, training)
@@ -245,7 +279,9 @@ class MoEConv2D(MoELayer):
             result.expert_weights, result.expert_indices, self.num_experts
         )
         combine = ops.cast(combine, self.compute_dtype)
-        if self.resolved_dispatch == "sparse":
+        if self.resolved_dispatch == "sparse" and self.routing == "pixel":
+            outputs = self._pixel_dropless_conv(inputs, result)
+        elif self.resolved_dispatch == "sparse":
             outputs = self._mixed_kernel_conv(inputs, combine)
         else:
             outputs = self._all_experts_conv(inputs, features, combine)
@@ -285,14 +321,10 @@ class MoEConv2D(MoELayer):
             inputs.shape[1:3], self.kernel_size, self.strides, self.dilation_rate
         ):
             span = (kernel - 1) * dilation + 1
-            if self.padding == "same":
-                out = -(-size // stride)
-                # Keras/TensorFlow "same": an odd extra row goes at the end.
-                total = max((out - 1) * stride + span - size, 0)
-                pads.append((total // 2, total - total // 2))
-            else:
-                out = (size - span) // stride + 1
-                pads.append((0, 0))
+            out = conv_output_length(size, kernel, stride, dilation, self.padding)
+            # Keras/TensorFlow "same": an odd extra row goes at the end.
+            total = max((out - 1) * stride + span - size, 0)
+            pads.append((total // 2, total - total // 2) if self.padding == "same" else (0, 0))
             outs.append(out)
         padded = ops.pad(inputs, ((0, 0), *pads, (0, 0)))
         (rows, cols), (row_stride, col_stride) = outs, self.strides
@@ -328,6 +360,40 @@ class MoEConv2D(MoELayer):
             outputs = outputs + bias[:, None, None, :]
         return outputs
 
+    def _pixel_dropless_conv(self, inputs, result):
+        """Per-pixel routing, sparse: every output position's receptive
+        field (its im2col patch) is a token, each expert a linear map of
+        the patch, and the patches go through the same dropless engine as
+        `MoEDense`'s tokens, so each position runs only its k experts."""
+        windows = [window for _, _, window in self._tap_windows(inputs)]
+        # Tap-major, then channel: the order of `kernel.reshape(n, -1, f)`.
+        patches = ops.concatenate(windows, axis=-1)
+        tokens = ops.reshape(patches, (-1, patches.shape[-1]))
+        kernel = ops.reshape(
+            self.experts["kernel"], (self.num_experts, -1, self.filters)
+        )
+        bias = self.experts["bias"] if self.use_bias else None
+
+        def run_buffers(buffers, layout):
+            outputs = ops.einsum("etd,edf->etf", buffers, kernel)
+            return outputs if bias is None else outputs + bias[:, None, :]
+
+        def run_rows(rows, plan, layout):
+            outputs = dispatch_lib.grouped_matmul(rows, kernel, plan.group_sizes)
+            if bias is None:
+                return outputs
+            return outputs + dispatch_lib.take_row_bias(bias, plan)
+
+        mixed = dispatch_lib.dropless_mixture(
+            tokens,
+            result.expert_indices,
+            result.expert_weights,
+            self.num_experts,
+            run_buffers,
+            run_rows,
+        )
+        return reshape_like(mixed, patches, (self.filters,))
+
     def expert_choices(self, inputs):
         """Inference-time top-k expert indices: `(B, k)` for sample routing,
         `(B, H', W', k)` for pixel routing."""
@@ -337,15 +403,19 @@ class MoEConv2D(MoELayer):
         return reshape_like(result.expert_indices, features, (self.top_k,))
 
     def compute_output_shape(self, input_shape):
-        return compute_conv_output_shape(
-            input_shape,
-            self.filters,
-            self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            data_format=self.data_format,
-            dilation_rate=self.dilation_rate,
+        if self.data_format == "channels_last":
+            batch, rows, cols = input_shape[0], input_shape[1], input_shape[2]
+        else:
+            batch, rows, cols = input_shape[0], input_shape[2], input_shape[3]
+        rows, cols = (
+            conv_output_length(size, kernel, stride, dilation, self.padding)
+            for size, kernel, stride, dilation in zip(
+                (rows, cols), self.kernel_size, self.strides, self.dilation_rate
+            )
         )
+        if self.data_format == "channels_last":
+            return (batch, rows, cols, self.filters)
+        return (batch, self.filters, rows, cols)
 
     def get_config(self):
         config = super().get_config()

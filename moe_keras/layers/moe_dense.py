@@ -6,11 +6,10 @@ from keras import ops
 
 from moe_keras import dispatch as dispatch_lib
 from moe_keras import routing
+from moe_keras.dispatch.strategy import DISPATCH_MODES
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
 from moe_keras.layers.moe_layer import reshape_like
-
-DISPATCH_MODES = ("auto", "dense", "sparse")
 
 
 @keras.saving.register_keras_serializable(package="moe_keras")
@@ -152,20 +151,19 @@ class MoEDense(MoELayer):
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
         self.dispatch = dispatch
+        self.supports_jit = dispatch_lib.supports_xla(
+            "dropless" in (self.resolved_dispatch(True), self.resolved_dispatch(False))
+        )
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
 
-    @property
-    def resolved_dispatch(self):
-        """`"dense"` or `"sparse"`, resolving `dispatch="auto"`."""
-        if self.dispatch != "auto":
-            return self.dispatch
-        if (
-            self.capacity_factor is not None
-            and self.capacity_factor * self.top_k / self.num_experts <= 0.5
-        ):
-            return "sparse"
-        return "dense"
+    def resolved_dispatch(self, training=False):
+        """`"dense"`, `"dropless"` or `"capacity"`: what `dispatch` means for
+        a training or an inference call (`moe_keras.dispatch.strategy`)."""
+        factor = self.capacity_factor if training else self.eval_capacity_factor
+        return dispatch_lib.choose_dispatch(
+            self.dispatch, self.num_experts, self.top_k, factor
+        )
 
     @property
     def overflow_capacity_factor(self):
@@ -200,7 +198,16 @@ class MoEDense(MoELayer):
             ),
         }
 
-    def _run_experts(self, weights, x, training=False):
+    def _hidden_dropout(self, hidden, training, dropout_mask=None):
+        if not (training and self.expert_dropout):
+            return hidden
+        if dropout_mask is None:
+            return keras.random.dropout(
+                hidden, self.expert_dropout, seed=self.dropout_seed_generator
+            )
+        return hidden * ops.cast(dropout_mask, hidden.dtype) / (1.0 - self.expert_dropout)
+
+    def _run_experts(self, weights, x, training=False, dropout_mask=None):
         """Runs stacked experts: `(T, d)` shared or `(e, T, d)` per-expert input.
 
         Returns `(e, T, units)`.
@@ -211,26 +218,56 @@ class MoEDense(MoELayer):
             if self.use_bias:
                 x = x + weights["hidden_bias"][:, None, :]
             x = self.expert_activation(x)
-            if training and self.expert_dropout:
-                x = keras.random.dropout(
-                    x, self.expert_dropout, seed=self.dropout_seed_generator
-                )
+            x = self._hidden_dropout(x, training, dropout_mask)
             equation = "etd,edh->eth"
         y = ops.einsum(equation, x, weights["kernel"])
         if self.use_bias:
             y = y + weights["bias"][:, None, :]
         return y
 
-    def call(self, inputs, training=False):
+    def _run_grouped(self, rows, plan, training=False, dropout_mask=None):
+        """The routed experts on `(R, d)` rows sorted by expert -> `(R, units)`."""
+        weights = self.experts
+        x = rows
+        if self.expert_hidden is not None:
+            x = dispatch_lib.grouped_matmul(x, weights["hidden_kernel"], plan.group_sizes)
+            if self.use_bias:
+                x = x + dispatch_lib.take_row_bias(weights["hidden_bias"], plan)
+            x = self.expert_activation(x)
+            x = self._hidden_dropout(x, training, dropout_mask)
+        y = dispatch_lib.grouped_matmul(x, weights["kernel"], plan.group_sizes)
+        if self.use_bias:
+            y = y + dispatch_lib.take_row_bias(weights["bias"], plan)
+        return y
+
+    def _choice_dropout_mask(self, num_choices, training):
+        """One keep-mask row per token choice, drawn before the dropless
+        engines lay the choices out (random draws cannot happen inside the
+        branches of `ops.switch` on JAX)."""
+        if not (training and self.expert_dropout):
+            return None
+        noise = keras.random.uniform(
+            (num_choices, self.expert_hidden), seed=self.dropout_seed_generator
+        )
+        return ops.cast(noise >= self.expert_dropout, "float32")
+
+    def call(self, inputs, training=None, mask=None):
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
+        token_mask = None if mask is None else ops.reshape(mask, (-1,))
         factor = self.capacity_factor if training else self.eval_capacity_factor
+        strategy = self.resolved_dispatch(training)
+        num_tokens = tokens.shape[0]
+        if num_tokens is None:
+            num_tokens = ops.shape(tokens)[0]
         capacity = None
-        if factor is not None or self.resolved_dispatch == "sparse":
+        if factor is not None:
             capacity = routing.expert_capacity(
-                ops.shape(tokens)[0], self.num_experts, self.top_k, factor
+                num_tokens, self.num_experts, self.top_k, factor
             )
-        result = self.route(tokens, training=training, capacity=capacity)
-        if self.resolved_dispatch == "dense":
+        result = self.route(
+            tokens, training=training, capacity=capacity, token_mask=token_mask
+        )
+        if strategy == "dense":
             combine = routing.combine_weights(
                 result.expert_weights,
                 result.expert_indices,
@@ -240,7 +277,7 @@ class MoEDense(MoELayer):
             outputs = dispatch_lib.dense_combine(
                 self._run_experts(self.experts, tokens, training), combine
             )
-        else:
+        elif strategy == "capacity":
             plan = dispatch_lib.sparse_dispatch_plan(
                 result.expert_indices,
                 result.positions,
@@ -255,12 +292,37 @@ class MoEDense(MoELayer):
                 result.expert_weights,
                 result.keep,
             )
+        else:
+            outputs = self._dropless(tokens, result, token_mask, training)
         if self.shared_experts is not None:
             shared = self._run_experts(self.shared_experts, tokens, training)
             outputs = outputs + ops.sum(shared, axis=0)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        outputs = self.activation(outputs)
         return reshape_like(outputs, inputs, (self.units,))
+
+    def _dropless(self, tokens, result, token_mask, training):
+        """Every token through all k of its experts, compute `~ T * k`."""
+        indices = result.expert_indices
+        dropout_mask = self._choice_dropout_mask(
+            ops.shape(indices)[0] * self.top_k, training
+        )
+
+        def laid_out(layout):
+            return None if dropout_mask is None else layout(dropout_mask)
+
+        return dispatch_lib.dropless_mixture(
+            tokens,
+            indices,
+            result.expert_weights,
+            self.num_experts,
+            run_buffers=lambda buffers, layout: self._run_experts(
+                self.experts, buffers, training, laid_out(layout)
+            ),
+            run_rows=lambda rows, plan, layout: self._run_grouped(
+                rows, plan, training, laid_out(layout)
+            ),
+            token_mask=token_mask,
+        )
 
     def expert_choices(self, inputs):
         """Inference-time top-k expert indices, shape `inputs.shape[:-1] + (k,)`."""

@@ -6,6 +6,7 @@ A subclass computes router features for its tokens (`(T, d)`), calls
 Everything about *which* expert a token goes to lives here, once.
 """
 
+import numbers
 from typing import NamedTuple
 
 import keras
@@ -17,6 +18,7 @@ from keras import regularizers
 
 from moe_keras import losses
 from moe_keras import routing
+from moe_keras.stats import summarize_counts
 
 ROUTER_NOISE_TYPES = (None, "gaussian", "learned")
 ROUTER_TYPES = ("linear", "cosine")
@@ -195,6 +197,15 @@ class MoELayer(keras.layers.Layer):
                 "Received an invalid value for `router_temperature`, expected "
                 f"a positive number. Received: router_temperature={router_temperature!r}"
             )
+        if seed is not None:
+            # NumPy integers (a seed drawn from a Generator, a config read
+            # back from JSON as int64) are seeds too; anything else is not.
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise ValueError(
+                    "Received an invalid value for `seed`, expected None or an "
+                    f"integer. Received: seed={seed!r}"
+                )
+            seed = int(seed)
         for name, value in (
             ("noise_std", noise_std),
             ("switch_loss_weight", switch_loss_weight),
@@ -327,13 +338,16 @@ class MoELayer(keras.layers.Layer):
             )
         return ops.matmul(features, self.router_kernel)
 
-    def route(self, features, training=False, capacity=None):
+    def route(self, features, training=False, capacity=None, token_mask=None):
         """Routes `(T, d)` tokens; in training adds losses and updates state.
 
         Args:
             features: `(T, d)` router features.
             training: whether this is a training step.
             capacity: expert capacity in token slots, or `None` (dropless).
+            token_mask: optional `(T,)` 0/1; masked tokens (padding) are
+                routed but kept out of the capacity, the balancing losses
+                and the statistics, and their choices are not kept.
 
         Returns:
             A `Routing`.
@@ -355,55 +369,71 @@ class MoELayer(keras.layers.Layer):
         weights, indices = routing.top_k_routing(
             probabilities, self.top_k, bias, self.normalizes_top_k
         )
+        if token_mask is not None:
+            token_mask = ops.cast(token_mask, "float32")
+        valid = ops.ones_like(weights)
+        if token_mask is not None:
+            valid = valid * token_mask[:, None]
         if capacity is None:
-            positions = None
-            keep = ops.ones_like(weights)
+            positions, keep = None, valid
         else:
             positions, keep = routing.assign_capacity(
-                indices, self.num_experts, capacity
+                indices, self.num_experts, capacity, token_mask
             )
         result = Routing(logits, probabilities, indices, weights, positions, keep)
         if training:
             # One (T, n) selection mask serves the losses and the counters.
             mask = routing.expert_mask(indices, self.num_experts)
-            self._add_balancing_losses(result, mask)
-            self._update_routing_state(result, mask)
+            if token_mask is not None:
+                mask = mask * token_mask[:, None]
+            self._add_balancing_losses(result, mask, token_mask)
+            self._update_routing_state(result, mask, valid)
         return result
 
-    def _add_balancing_losses(self, result, mask):
+    def _add_balancing_losses(self, result, mask, token_mask=None):
         probabilities = result.probabilities
         if self.switch_loss_weight > 0:
             self.add_loss(
                 self.switch_loss_weight
-                * losses.switch_load_balancing_loss(probabilities, mask, self.top_k)
+                * losses.switch_load_balancing_loss(
+                    probabilities, mask, self.top_k, token_mask
+                )
             )
         if self.importance_loss_weight > 0:
             self.add_loss(
-                self.importance_loss_weight * losses.importance_loss(probabilities)
+                self.importance_loss_weight
+                * losses.importance_loss(probabilities, token_mask)
             )
         if self.diversity_loss_weight > 0:
             self.add_loss(
-                self.diversity_loss_weight * losses.diversity_loss(probabilities)
+                self.diversity_loss_weight
+                * losses.diversity_loss(probabilities, token_mask)
             )
         if self.overflow_loss_weight > 0:
             self.add_loss(
                 self.overflow_loss_weight
                 * losses.overflow_loss(
-                    probabilities, mask, self.top_k, self.overflow_capacity_factor
+                    probabilities,
+                    mask,
+                    self.top_k,
+                    self.overflow_capacity_factor,
+                    token_mask,
                 )
             )
         if self.z_loss_weight > 0:
-            self.add_loss(self.z_loss_weight * losses.router_z_loss(result.logits))
+            self.add_loss(
+                self.z_loss_weight * losses.router_z_loss(result.logits, token_mask)
+            )
 
     @property
     def overflow_capacity_factor(self):
         """Capacity the overflow loss measures against (1.0 when dropless)."""
         return 1.0
 
-    def _update_routing_state(self, result, mask):
+    def _update_routing_state(self, result, mask, valid):
         counts = ops.sum(mask, axis=0)
         self.expert_counts.assign_add(counts)
-        self.dropped_slots.assign_add(ops.sum(1.0 - result.keep))
+        self.dropped_slots.assign_add(ops.sum(valid - result.keep))
         if self.bias_update_rate > 0:
             self.selection_bias.assign(
                 losses.loss_free_bias_update(
@@ -445,8 +475,6 @@ class MoELayer(keras.layers.Layer):
             (experts that received no token), `dropped_fraction` (slots
             dropped for capacity) and `tokens` (slots counted).
         """
-        from moe_keras.usage import summarize_counts
-
         counts = keras.ops.convert_to_numpy(self.expert_counts)
         dropped = float(keras.ops.convert_to_numpy(self.dropped_slots))
         return summarize_counts(counts, dropped)

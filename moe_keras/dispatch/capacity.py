@@ -1,34 +1,21 @@
-"""Moving tokens to experts and back, with static shapes.
+"""Capacity-bounded sparse dispatch: `(n, capacity, d)` expert buffers.
 
-Two strategies compute the same mixture:
+Every expert gets a buffer of `capacity` token slots. Tokens are gathered
+into an `(n, capacity, d)` tensor, all experts run as one batched einsum
+(their own weights, no per-token weight copies), and every token gathers
+back and mixes its k outputs. A choice that finds its expert's buffer full
+is dropped. The plan holds the map in both directions (`DispatchPlan`), so
+both moves and their gradients are gathers (`gather.gather_rows`).
 
-* dense: every expert runs on every token (one einsum) and the outputs are
-  mixed with a `(T, n)` weight matrix that is zero outside each token's top-k.
-  Cost grows with `n`, but there is no gather or scatter; for small experts it
-  is the fastest.
-* sparse: each expert gets a buffer of `capacity` token slots; tokens are
-  gathered into an `(n, capacity, d)` tensor, all experts run as one batched
-  einsum, and every token gathers back and mixes its k outputs. With a capacity
-  factor the expert compute is `capacity_factor * T * k` token-expert pairs,
-  independent of `n`.
-
-Both moves are gathers, and so are their gradients: every slot holds one
-token choice and every choice sits in at most one slot, so the plan carries
-the map in both directions (`DispatchPlan`) and `gather_rows` differentiates
-a gather with the gather through the inverse map. Autodiff would instead
-scatter-add the gradient (XLA: a serial loop on CPU, atomics on GPU).
-Measured on a 2-core CPU (JAX, 8,192 tokens of 256 features, k=1): routing
-and dispatch alone went from 13.7 to 3.8 ms forward+backward at n=8; the
-whole sparse layer with hidden-512 experts from 66.0 to 64.9 ms at n=8 and
-from 86.0 to 81.1 ms at n=64 (`benchmarks/README.md`).
-
-Only `keras.ops` with shapes known at trace time (given the batch), so both
-run under `jit_compile=True` on TensorFlow and JAX.
+Only `keras.ops` with shapes known at trace time (given the batch), so it
+runs under `jit_compile=True` on TensorFlow and under `jax.jit`.
 """
 
 from typing import NamedTuple
 
 from keras import ops
+
+from moe_keras.dispatch.gather import gather_rows
 
 
 class DispatchPlan(NamedTuple):
@@ -82,45 +69,6 @@ def sparse_dispatch_plan(expert_indices, positions, keep, num_experts, capacity)
     return DispatchPlan(slot_choices, slot_ids)
 
 
-def _take_rows(values, index):
-    """`values[index]`, with zero rows where `index` is `len(values)`."""
-    num_rows = ops.shape(values)[0]
-    present = ops.cast(index < num_rows, values.dtype)
-    rows = ops.take(values, ops.minimum(index, num_rows - 1), axis=0)
-    return rows * ops.expand_dims(present, -1)
-
-
-def gather_rows(values, index, inverse_index):
-    """`values[index]` (zero rows where `index == len(values)`), with a
-    gather, not a scatter, as its gradient.
-
-    Args:
-        values: `(N, d)`.
-        index: `(M,)` int, rows of `values`, `N` for a zero row.
-        inverse_index: `(N, r)` int, the output rows that read each row of
-            `values` (`M` for none): every output row reading row `i` must
-            appear in `inverse_index[i]`.
-
-    Returns:
-        `(M, d)`.
-    """
-
-    @ops.custom_gradient
-    def gather(values):
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            readers = _take_rows(upstream, ops.reshape(inverse_index, (-1,)))
-            readers = ops.reshape(
-                readers, (-1, inverse_index.shape[-1], upstream.shape[-1])
-            )
-            return ops.sum(readers, axis=1)
-
-        return _take_rows(values, index), grad
-
-    return gather(values)
-
-
 def gather_tokens(tokens, plan, num_experts):
     """`(T, d)` tokens -> `(n, capacity, d)` expert buffers (zeros when empty)."""
     top_k = plan.slot_ids.shape[-1]
@@ -153,7 +101,3 @@ def combine_slots(expert_outputs, plan, expert_weights, keep):
     return ops.einsum("tku,tk->tu", chosen, weights)
 
 
-def dense_combine(expert_outputs, combine):
-    """Mixes `(n, T, u)` outputs of all experts with a `(T, n)` weight matrix."""
-    combine = ops.cast(combine, expert_outputs.dtype)
-    return ops.einsum("te,etu->tu", combine, expert_outputs)

@@ -1,0 +1,13 @@
+"""Dense dispatch: every expert runs on every token, one einsum.
+
+Its cost grows with `n`, but it has no gather, sort or scatter at all, so
+for a few small experts (`n / k` small) it is the fastest path.
+"""
+
+from keras import ops
+
+
+def dense_combine(expert_outputs, combine):
+    """Mixes `(n, T, u)` outputs of all experts with a `(T, n)` weight matrix."""
+    combine = ops.cast(combine, expert_outputs.dtype)
+    return ops.einsum("te,etu->tu", combine, expert_outputs)

@@ -1,0 +1,192 @@
+"""Sorted-rows dropless dispatch: permute, grouped matmul, unpermute.
+
+The `T * k` token choices are laid out as rows sorted by expert
+(`permute`), every expert multiplies its own contiguous run of rows
+(`grouped_matmul`), and every token gathers its k rows back and mixes them
+(`unpermute`). Both moves are gathers with gather gradients
+(`gather.gather_rows`), as in MaxText.
+
+`grouped_matmul` has one signature and two kernels:
+
+* JAX: `jax.lax.ragged_dot`, a grouped GEMM whose gradient is one too. On
+  GPU and TPU it lowers to a grouped-GEMM kernel; on CPU XLA expands it to
+  a dense product over all groups, so `strategy.py` takes this path only
+  on an accelerator.
+* Every other backend: MegaBlocks-style blocks in `keras.ops`. Each
+  expert's rows are padded to a multiple of `block_size`, so the total is
+  at most `R + n * (block_size - 1)` rows, a static bound; the blocks then
+  run as one batched matmul against their experts' kernels.
+"""
+
+from typing import NamedTuple
+
+import keras
+from keras import ops
+
+from moe_keras.dispatch.gather import gather_rows
+from moe_keras.dispatch.gather import take_rows
+
+BLOCK_SIZE = 64
+"""Rows per block of the portable grouped matmul."""
+
+
+class RowPlan(NamedTuple):
+    """Where every token choice sits among the sorted rows.
+
+    Attributes:
+        row_of_choice: `(T * k,)` int32 sorted row of each choice, `R` for a
+            masked one.
+        choice_of_row: `(R,)` int32 choice held by each row, `T * k` for a
+            row past the valid ones.
+        row_experts: `(R,)` int32 expert of each row (`n - 1` past the valid
+            rows, whose inputs are zero).
+        group_sizes: `(n,)` int32 rows per expert.
+    """
+
+    row_of_choice: object
+    choice_of_row: object
+    row_experts: object
+    group_sizes: object
+
+
+def row_plan(choices, expert_indices, num_experts):
+    """Builds the `RowPlan` from `dropless.sort_by_expert`'s `SortedChoices`."""
+    flat_indices = ops.reshape(ops.cast(expert_indices, "int32"), (-1,))
+    flat_valid = ops.reshape(choices.valid, (-1,)) > 0
+    num_rows = ops.shape(flat_indices)[0]
+    offsets = ops.cumsum(choices.group_sizes) - choices.group_sizes
+    row = ops.take(offsets, flat_indices) + ops.reshape(choices.positions, (-1,))
+    row_of_choice = ops.where(flat_valid, row, num_rows)
+    num_valid = ops.sum(choices.group_sizes)
+    position = ops.cumsum(ops.ones_like(flat_indices)) - 1
+    row_is_valid = position < num_valid
+    choice_of_row = ops.where(row_is_valid, choices.order, num_rows)
+    row_experts = ops.take(flat_indices, ops.minimum(choices.order, num_rows - 1))
+    row_experts = ops.where(row_is_valid, row_experts, num_experts - 1)
+    return RowPlan(row_of_choice, choice_of_row, row_experts, choices.group_sizes)
+
+
+def permute(tokens, plan, top_k):
+    """`(T, d)` tokens -> `(T * k, d)` rows sorted by expert (zeros past the
+    valid rows)."""
+    num_tokens = ops.shape(tokens)[0]
+    token_of_row = ops.where(
+        plan.choice_of_row < num_tokens * top_k,
+        plan.choice_of_row // top_k,
+        num_tokens,
+    )
+    readers = ops.reshape(plan.row_of_choice, (-1, top_k))
+    return gather_rows(tokens, token_of_row, readers)
+
+
+def unpermute(rows, plan, expert_weights, valid):
+    """`(T * k, u)` sorted expert outputs -> `(T, u)` mixtures."""
+    top_k = expert_weights.shape[-1]
+    chosen = gather_rows(rows, plan.row_of_choice, plan.choice_of_row[:, None])
+    chosen = ops.reshape(chosen, (-1, top_k, rows.shape[-1]))
+    weights = ops.cast(expert_weights * valid, chosen.dtype)
+    return ops.einsum("tku,tk->tu", chosen, weights)
+
+
+def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE):
+    """Portable grouped matmul: `out[r] = rows[r] @ kernels[expert of r]`.
+
+    Args:
+        rows: `(R, d)` rows sorted by group; rows past `sum(group_sizes)`
+            give zeros.
+        kernels: `(n, d, u)`.
+        group_sizes: `(n,)` int32.
+        block_size: rows per block.
+
+    Returns:
+        `(R, u)`.
+    """
+    num_rows, features = rows.shape[0], rows.shape[-1]
+    if num_rows is None:
+        num_rows = ops.shape(rows)[0]
+    num_experts = kernels.shape[0]
+    num_blocks = (num_rows + num_experts * (block_size - 1)) // block_size + 1
+    padded = (group_sizes + block_size - 1) // block_size * block_size
+    padded_ends = ops.cumsum(padded)
+    padded_offsets = padded_ends - padded
+    offsets = ops.cumsum(group_sizes) - group_sizes
+    slot = ops.cumsum(ops.ones((num_blocks * block_size,), "int32")) - 1
+    expert = ops.minimum(
+        ops.cast(ops.searchsorted(padded_ends, slot, side="right"), "int32"),
+        num_experts - 1,
+    )
+    rank = slot - ops.take(padded_offsets, expert)
+    source = ops.where(
+        rank < ops.take(group_sizes, expert),
+        ops.take(offsets, expert) + rank,
+        num_rows,
+    )
+    # Each valid row sits in exactly one padded slot: the slot is its
+    # inverse, and a row past the valid ones is read by no slot.
+    row = ops.cumsum(ops.ones((num_rows,), "int32")) - 1
+    row_expert = ops.minimum(
+        ops.cast(ops.searchsorted(ops.cumsum(group_sizes), row, side="right"), "int32"),
+        num_experts - 1,
+    )
+    row_slot = row - ops.take(offsets, row_expert) + ops.take(padded_offsets, row_expert)
+    row_slot = ops.where(row < ops.sum(group_sizes), row_slot, num_blocks * block_size)
+    blocks = gather_rows(rows, source, row_slot[:, None])
+    blocks = ops.reshape(blocks, (num_blocks, block_size, features))
+    block_kernels = ops.take(kernels, expert[::block_size], axis=0)
+    outputs = ops.einsum("bpd,bdu->bpu", blocks, block_kernels)
+    outputs = ops.reshape(outputs, (num_blocks * block_size, -1))
+    return gather_rows(outputs, row_slot, source[:, None])
+
+
+def grouped_matmul(rows, kernels, group_sizes):
+    """`out[r] = rows[r] @ kernels[g(r)]` for rows sorted by group `g`.
+
+    Args:
+        rows: `(R, d)`; rows past `sum(group_sizes)` give zeros.
+        kernels: `(n, d, u)`.
+        group_sizes: `(n,)` int32 rows per group, in order.
+
+    Returns:
+        `(R, u)`.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.lax.ragged_dot(rows, kernels, group_sizes)
+    return block_grouped_matmul(rows, kernels, group_sizes)
+
+
+def sorted_mixture(tokens, expert_indices, expert_weights, choices, run_experts, num_experts):
+    """Dropless mixture through sorted rows and grouped matmuls.
+
+    Args:
+        tokens: `(T, d)`.
+        expert_indices: `(T, k)` int32 selected experts.
+        expert_weights: `(T, k)` mixing weights.
+        choices: `dropless.SortedChoices` of `expert_indices`.
+        run_experts: function `(rows, plan, layout) -> (R, u)`: the experts
+            on their `(R, d)` sorted rows (through `grouped_matmul`), given
+            the `RowPlan`; `layout` lays any per-choice `(T * k, h)` tensor
+            out like the rows.
+        num_experts: routed experts `n`.
+
+    Returns:
+        `(T, u)`; zeros for masked tokens.
+    """
+    plan = row_plan(choices, expert_indices, num_experts)
+    rows = permute(tokens, plan, expert_indices.shape[-1])
+
+    def layout(values):
+        return take_rows(values, plan.choice_of_row)
+
+    outputs = run_experts(rows, plan, layout)
+    return unpermute(outputs, plan, expert_weights, choices.valid)
+
+
+def take_row_bias(bias, plan):
+    """`(R, u)` per-row bias `bias[row_experts]`, zero past the valid rows."""
+    num_valid = ops.sum(plan.group_sizes)
+    rows = ops.take(bias, plan.row_experts, axis=0)
+    position = ops.cumsum(ops.ones_like(plan.row_experts)) - 1
+    return rows * ops.cast(position < num_valid, rows.dtype)[:, None]
+

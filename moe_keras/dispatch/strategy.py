@@ -1,0 +1,156 @@
+"""The one place that chooses how tokens reach their experts.
+
+Three strategies compute the same mixture (`choose_dispatch`):
+
+* `"dense"`: every expert on every token, one einsum (`dense.py`). Its
+  cost is `n / k` times the active compute, which only pays when that
+  ratio is small and the per-token gathers would cost more.
+* `"dropless"`: sparse and dropless (`dropless.py`, `grouped.py`): every
+  token gets all k experts, the compute follows `T * k`.
+* `"capacity"`: sparse with capacity-sized buffers (`capacity.py`); choices
+  past an expert's capacity are dropped. Only when the user sets a
+  capacity factor.
+
+and two dropless engines (`dropless_engine`): the bucketed-capacity ladder,
+portable and fastest on CPU, and sorted rows with a grouped matmul, which
+needs a backend grouped-GEMM kernel to pay.
+"""
+
+import keras
+
+from moe_keras.dispatch import dropless
+from moe_keras.dispatch import grouped
+
+DENSE_MAX_EXPERTS_PER_CHOICE = 2
+"""`dispatch="auto"` runs every expert on every token while `n / k` is at
+most this: there the dense einsum does at most twice the active work and
+has none of the sparse path's sorting and gathering
+(`benchmarks/results/`, the dispatch rows)."""
+
+CONDCONV_MIN_EXPERTS = 4
+"""`MoEConv2D(routing="sample", dispatch="auto")` mixes kernels per image
+(CondConv) from this many experts on: a CondConv step costs two to three
+plain convolutions whatever `n`, the dense path about `n`
+(`benchmarks/results/`, the conv rows)."""
+
+CAPACITY_MAX_BUFFER_SHARE = 0.5
+"""`dispatch="auto"` with a capacity factor takes the capacity path when its
+buffers hold at most this share of what the dense path computes
+(`capacity_factor * k / n`), and the dense path (with the same drops)
+otherwise."""
+
+DISPATCH_MODES = ("auto", "dense", "sparse")
+
+
+def choose_dispatch(dispatch, num_experts, top_k, capacity_factor):
+    """Resolves a layer's `dispatch` argument for one call.
+
+    Args:
+        dispatch: `"auto"`, `"dense"` or `"sparse"`.
+        num_experts: routed experts `n`.
+        top_k: experts per token `k`.
+        capacity_factor: the factor in force for this call (training or
+            inference), `None` for dropless.
+
+    Returns:
+        `"dense"`, `"dropless"` or `"capacity"`.
+    """
+    if dispatch not in DISPATCH_MODES:
+        raise ValueError(
+            f"Received an invalid value for `dispatch`, expected one of "
+            f"{DISPATCH_MODES}. Received: dispatch={dispatch!r}"
+        )
+    if dispatch == "dense":
+        return "dense"
+    sparse = "dropless" if capacity_factor is None else "capacity"
+    if dispatch == "sparse":
+        return sparse
+    if capacity_factor is None:
+        if num_experts / top_k <= DENSE_MAX_EXPERTS_PER_CHOICE:
+            return "dense"
+        return "dropless"
+    if capacity_factor * top_k / num_experts <= CAPACITY_MAX_BUFFER_SHARE:
+        return "capacity"
+    return "dense"
+
+
+def dropless_engine(num_tokens):
+    """The dropless engine for `num_tokens` tokens on this backend.
+
+    Returns:
+        * `"grouped"` on JAX with a GPU or TPU: sorted rows and
+          `jax.lax.ragged_dot`, a real grouped GEMM there.
+        * `"buckets"` where the token count is static (JAX, eager
+          TensorFlow, PyTorch): the bucketed-capacity ladder. XLA on CPU
+          expands `ragged_dot` into a product over every group, `n` times
+          the work, and the portable block kernel copies one expert kernel
+          per block, so the buckets' batched einsum over the experts' own
+          weights is the fastest there (`benchmarks/results/`).
+        * `"exact"` where the token count is unknown at trace time
+          (TensorFlow graphs over batches of any size, which run without
+          XLA, see `supports_xla`): one capacity, the busiest expert's load,
+          as a dynamic shape.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.default_backend() in ("gpu", "tpu", "cuda", "rocm"):
+            return "grouped"
+    if not isinstance(num_tokens, int):
+        return "exact"
+    return "buckets"
+
+
+def supports_xla(might_run_dropless):
+    """Whether a layer can run under XLA (`Layer.supports_jit`).
+
+    TensorFlow traces `fit` and `predict` over batches of unknown size, and
+    its XLA bridge aborts (a failed CHECK in `literal.cc`, not an error)
+    on the dynamic sizes of the dropless plan once another MoE layer shares
+    the graph. TensorFlow's own graph runs dynamic shapes natively, and on
+    CPU it trained an equal-active Dense FFN faster than XLA did
+    (`benchmarks/results/`), so layers that may run dropless opt out of XLA
+    there; `jit_compile="auto"` then leaves XLA off for the model.
+    """
+    return not (might_run_dropless and keras.backend.backend() == "tensorflow")
+
+
+def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_buffers, run_rows, token_mask=None):
+    """Every token through all k of its experts, on the engine for this backend.
+
+    Args:
+        tokens: `(T, d)`.
+        expert_indices: `(T, k)` int32 selected experts.
+        expert_weights: `(T, k)` mixing weights.
+        num_experts: routed experts `n`.
+        run_buffers: the experts on bucket buffers, see
+            `dropless.bucketed_mixture`.
+        run_rows: the experts on sorted rows, see `grouped.sorted_mixture`.
+        token_mask: optional `(T,)` 0/1; masked tokens get zeros and take
+            no expert slot.
+
+    Returns:
+        `(T, u)`.
+    """
+    choices = dropless.sort_by_expert(expert_indices, num_experts, token_mask)
+    num_tokens = tokens.shape[0]
+    engine = dropless_engine(num_tokens)
+    if engine == "grouped":
+        return grouped.sorted_mixture(
+            tokens, expert_indices, expert_weights, choices, run_rows, num_experts
+        )
+    if engine == "exact":
+        capacities = [keras.ops.maximum(keras.ops.max(choices.group_sizes), 1)]
+    else:
+        capacities = dropless.bucket_capacities(
+            num_tokens, num_experts, expert_indices.shape[-1]
+        )
+    return dropless.bucketed_mixture(
+        tokens,
+        expert_indices,
+        expert_weights,
+        choices,
+        run_buffers,
+        num_experts,
+        capacities,
+    )
