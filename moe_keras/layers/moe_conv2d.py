@@ -345,10 +345,10 @@ class MoEConv2D(MoELayer):
         The convolution is written as a sum over kernel taps of batched
         matmuls, `sum_ij window_ij(x_b) @ K_b[i, j]`, rather than as one
         convolution with the batch folded into groups: XLA runs the
-        gradient of a batch-grouped convolution as a loop (13.5 s forward+
-        backward for 64 images of 32x32x64 on a 2-core CPU under JAX, where
-        the taps take 0.21 s, `benchmarks/README.md`), while batched matmuls
-        and their gradients are fast everywhere.
+        gradient of a batch-grouped convolution as a loop, while batched
+        matmuls and their gradients are fast everywhere. (The grouped
+        version's timings were never committed as a record; the taps'
+        are in `benchmarks/results/`.)
         """
         kernel = ops.einsum("be,ehwcf->bhwcf", combine, self.experts["kernel"])
         outputs = None

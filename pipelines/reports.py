@@ -1,0 +1,608 @@
+"""`python -m pipelines.reports`: every measured table from committed records.
+
+The Markdown files of this repository (README.md, reports/*.md,
+benchmarks/README.md) quote measurements only inside generated blocks:
+
+    <!-- begin: NAME -->
+    ...text written by this command...
+    <!-- end: NAME -->
+
+Each block is registered here with the file it lives in and a builder, a
+function that reads committed records and returns the block's Markdown.
+Records are the JSON files under `reports/records/` and
+`benchmarks/results/`, and the study's CSVs in `reports/` (the experiments
+write them, one row per seed or per epoch, and they are committed).
+
+    python -m pipelines.reports           # rewrite every block from the records
+    python -m pipelines.reports --check   # exit 1 naming every block that would change (CI)
+
+Adding a block: put the two marker lines in the target file and register a
+builder,
+
+    @report_block("README.md", "peers")
+    def peers(records: Records) -> str:
+        run = records.json("benchmarks/results/peers.json")
+        return markdown_table([...], [...])
+
+`records.json(path)` / `records.csv(path)` / `records.glob(pattern)` read
+files relative to the repository root and raise `RecordError` naming the
+file when one is missing or unreadable. This module imports no TensorFlow,
+Keras or pandas, so it runs in seconds; SciPy is imported only by the study
+builders that quote Welch t-tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipelines.records import markdown_table, write_text_atomically
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# The registry ----------------------------------------------------------------
+
+
+class RecordError(Exception):
+    """A record a builder needs is missing or unreadable; the message names it."""
+
+
+class MarkerError(Exception):
+    """A target file lacks a block's markers, or has them more than once."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated block: `target` (a path relative to the repository
+    root), the marker `name`, and `builder(records) -> Markdown`."""
+
+    target: str
+    name: str
+    builder: Callable[["Records"], str]
+
+
+BLOCKS: list[Block] = []
+
+
+def report_block(target: str, name: str):
+    """Decorator registering `builder(records: Records) -> str` as the text of
+    the block `name` in `target`. The same builder may be registered for
+    several targets by stacking decorators."""
+
+    def register(builder):
+        if any(b.target == target and b.name == name for b in BLOCKS):
+            raise ValueError(f"block {name!r} in {target} is registered twice")
+        BLOCKS.append(Block(target, name, builder))
+        return builder
+
+    return register
+
+
+class Records:
+    """Read-only access to the committed records under a repository root."""
+
+    def __init__(self, root: Path | str = ROOT):
+        self.root = Path(root)
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def path(self, relative: str) -> Path:
+        path = self.root / relative
+        if not path.is_file():
+            raise RecordError(f"record {relative} not found (looked for {path})")
+        return path
+
+    def json(self, relative: str):
+        """The parsed JSON file `relative` (to the repository root)."""
+        key = ("json", relative)
+        if key not in self._cache:
+            path = self.path(relative)
+            try:
+                self._cache[key] = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                raise RecordError(f"record {relative} is not valid JSON: {error}") from None
+        return self._cache[key]
+
+    def csv(self, relative: str) -> list[dict[str, str]]:
+        """The rows of the CSV file `relative` as dicts of strings."""
+        key = ("csv", relative)
+        if key not in self._cache:
+            with self.path(relative).open(newline="", encoding="utf-8") as file:
+                self._cache[key] = list(csv.DictReader(file))
+        return self._cache[key]
+
+    def text(self, relative: str) -> str:
+        return self.path(relative).read_text(encoding="utf-8")
+
+    def glob(self, pattern: str) -> list[str]:
+        """Paths (relative, sorted) of the files matching `pattern`; may be empty."""
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern) if p.is_file())
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
+
+
+def replace_block(text: str, name: str, content: str, target: str = "the file") -> str:
+    """`text` with everything between the markers of `name` replaced by
+    `content` (one line break after the begin marker and before the end
+    marker)."""
+    begin, end = _markers(name)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    found = pattern.findall(text)
+    if len(found) != 1:
+        problem = "has no" if not found else f"has {len(found)} pairs of"
+        raise MarkerError(f"{target} {problem} markers `{begin}` ... `{end}`")
+    body = content.strip("\n")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)
+
+
+def render(root: Path | str = ROOT, blocks: list[Block] | None = None) -> dict[str, tuple[str, str, list[str]]]:
+    """{target: (current text, new text, names of the blocks that change)}."""
+    root = Path(root)
+    records = Records(root)
+    results: dict[str, tuple[str, str, list[str]]] = {}
+    for block in BLOCKS if blocks is None else blocks:
+        path = root / block.target
+        if block.target not in results:
+            if not path.is_file():
+                raise MarkerError(f"{block.target} not found (target of block {block.name!r})")
+            current = path.read_text(encoding="utf-8")
+            results[block.target] = (current, current, [])
+        current, text, changed = results[block.target]
+        before = text
+        text = replace_block(text, block.name, block.builder(records), block.target)
+        if text != before:
+            changed = changed + [block.name]
+        results[block.target] = (current, text, changed)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.reports",
+        description="Rebuild every generated block of README.md and reports/ from the committed records.")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 naming every block that is out of date")
+    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        results = render(args.root)
+    except (RecordError, MarkerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    stale = [(target, name) for target, (_, _, names) in results.items() for name in names]
+    if args.check:
+        for target, name in stale:
+            print(f"out of date: {target} block {name!r}")
+        if stale:
+            print("run `python -m pipelines.reports` and commit the result", file=sys.stderr)
+            return 1
+        print(f"{len(BLOCKS)} blocks up to date")
+        return 0
+    for target, (current, text, names) in results.items():
+        if text != current:
+            write_text_atomically(args.root / target, text)
+            print(f"updated {target}: {', '.join(names)}")
+    if not stale:
+        print(f"{len(BLOCKS)} blocks already up to date")
+    return 0
+
+
+# Formatting -------------------------------------------------------------------
+
+
+def _f(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _spread(values, digits=2) -> str:
+    """`median (min-max)` of a list, or the value alone when there is one."""
+    if len(values) == 1:
+        return _f(values[0], digits)
+    return f"{_f(statistics.median(values), digits)} ({_f(min(values), digits)}-{_f(max(values), digits)})"
+
+
+# Benchmarks (benchmarks/results/*.json, written by benchmarks/bench_moe.py) ----
+
+BENCH = "benchmarks/results"
+BENCH_FILES = {
+    "tensorflow": ("cpu_tf_dense.json", "cpu_tf.json"),
+    "jax": ("cpu_jax_dense.json",),
+}
+BACKEND_NAMES = {"tensorflow": "TensorFlow (XLA)", "jax": "JAX"}
+TARGETS = {"vs_n8": 1.3, "vs_base": 1.5}
+
+
+def passes(row: dict, metric: str) -> list[float]:
+    """Every pass's time of `metric` ("ms" or "fwd_bwd_ms") for a row; a
+    single-pass run has its one time."""
+    if f"{metric}_passes" in row:
+        return list(row[f"{metric}_passes"])
+    return [] if row.get(metric) is None else [row[metric]]
+
+
+def _find(rows, layer, dispatch, n, k):
+    for row in rows:
+        if (row["layer"], row["dispatch"], row["n"], row["k"]) == (layer, dispatch, n, k):
+            return row
+    return None
+
+
+def sparse_ratios(run: dict, metric: str, k: int, n: int = 64) -> dict[str, list[float]]:
+    """Per pass: sparse MoEDense at `n` over n=8 (`vs_n8`) and over the
+    equal-active Dense (`vs_base`), for `metric` at top-`k`. Passes of one
+    file are whole sweeps, so pass i of one row pairs with pass i of another."""
+    rows = run["rows"]
+    top, n8 = _find(rows, "MoEDense", "sparse", n, k), _find(rows, "MoEDense", "sparse", 8, k)
+    base = _find(rows, "Dense", "baseline", None, k)
+    if top is None or n8 is None or base is None:
+        return {"vs_n8": [], "vs_base": []}
+    top, n8, base = passes(top, metric), passes(n8, metric), passes(base, metric)
+    return {"vs_n8": [a / b for a, b in zip(top, n8)], "vs_base": [a / b for a, b in zip(top, base)]}
+
+
+def target_runs(records: Records, backend: str, metric: str, k: int) -> dict[str, list[float]]:
+    """Every committed pass of a backend, all files together."""
+    found = {"vs_n8": [], "vs_base": []}
+    for name in BENCH_FILES[backend]:
+        for key, values in sparse_ratios(records.json(f"{BENCH}/{name}"), metric, k).items():
+            found[key] += values
+    return found
+
+
+def _target_cell(values, target) -> str:
+    within = sum(v <= target for v in values)
+    return f"{_spread(values)}; {within} of {len(values)} within"
+
+
+def targets_table(records: Records) -> str:
+    header = ["sparse `MoEDense`, n=64", "runs", "n=64 / n=8, k=1", "k=2",
+              "n=64 / equal-active Dense, k=1", "k=2"]
+    rows = [("target", "", *(f"<= {TARGETS[key]}" for key in ("vs_n8", "vs_n8", "vs_base", "vs_base")))]
+    for metric, label in (("fwd_bwd_ms", "forward+backward"), ("ms", "training step")):
+        for backend in BENCH_FILES:
+            by_k = {k: target_runs(records, backend, metric, k) for k in (1, 2)}
+            files = " + ".join(f"`{n}`" for n in BENCH_FILES[backend])
+            rows.append((f"{BACKEND_NAMES[backend]}, {label}", f"{len(by_k[1]['vs_n8'])} ({files})",
+                         *(_target_cell(by_k[k][key], TARGETS[key]) for key in ("vs_n8", "vs_base") for k in (1, 2))))
+    return markdown_table(header, [rows[0], *rows[1:]])
+
+
+@report_block("README.md", "speed-targets")
+@report_block("benchmarks/README.md", "targets")
+def speed_targets(records: Records) -> str:
+    first = records.json(f"{BENCH}/{BENCH_FILES['tensorflow'][0]}")
+    config = first["config"]
+    return "\n".join([
+        targets_table(records),
+        "",
+        f"Each cell: the median over every committed run (one run = one pass of "
+        f"`benchmarks/bench_moe.py`; a file made with `--repeats 3` holds three), the range in "
+        f"brackets, and how many runs meet the target. CPU, {config['tokens']:,} tokens of "
+        f"{config['features']} features, expert hidden {config['hidden']}, capacity factor "
+        f"{config['capacity_factor']}; records in `{BENCH}/`. Generated by `python -m pipelines.reports`.",
+    ])
+
+
+def _cell_ms(row: dict, metric: str) -> str:
+    values = passes(row, metric)
+    return "-" if not values else _spread(values)
+
+
+def bench_table(run: dict) -> str:
+    header = ["layer", "dispatch", "n", "k", "fwd+bwd ms", "vs_base", "vs_n8",
+              "step ms", "vs_base", "vs_n8", "auto"]
+    rows = []
+    for r in run["rows"]:
+        rows.append((r["layer"], r["dispatch"], "-" if r["n"] is None else r["n"],
+                     "-" if r["k"] is None else r["k"],
+                     _cell_ms(r, "fwd_bwd_ms"), _f(r.get("fwd_bwd_vs_baseline")), _f(r.get("fwd_bwd_vs_n8")),
+                     _cell_ms(r, "ms"), _f(r.get("vs_baseline")), _f(r.get("vs_n8")),
+                     "picked" if r.get("auto_picks") else ""))
+    return markdown_table(header, rows)
+
+
+def machine_line(run: dict) -> str:
+    m = run["machine"]
+    versions = ", ".join(f"{label} {m[key]}" for key, label in
+                         (("python", "Python"), ("keras", "Keras"), ("tensorflow", "TensorFlow"), ("jax", "JAX"))
+                         if m.get(key))
+    return (f"{m.get('platform', 'platform not recorded')}, {m.get('cpu_count', '?')} CPU cores, "
+            f"device {m.get('device', '?')}, backend {m.get('backend', '?')}; {versions}")
+
+
+def auto_lines(run: dict) -> list[str]:
+    """Where `dispatch="auto"`'s pick was not the faster measured step."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in run["rows"]:
+        if "auto_picks" in r:
+            groups.setdefault((r["layer"], r["n"], r["k"]), []).append(r)
+    misses = []
+    for (layer, n, k), measured in groups.items():
+        if len(measured) < 2:
+            continue
+        fastest = min(measured, key=lambda r: r["ms"])
+        if not fastest["auto_picks"]:
+            picked = next(r for r in measured if r["auto_picks"])
+            misses.append(f"{layer} n={n} k={k} ({picked['dispatch']} {picked['ms']:.1f} ms, "
+                          f"{fastest['dispatch']} {fastest['ms']:.1f} ms)")
+    pairs = sum(len(m) >= 2 for m in groups.values())
+    if not misses:
+        return [f"`dispatch=\"auto\"` picked the faster training step in all {pairs} cases measured with both dispatches."]
+    return [f"`dispatch=\"auto\"` picked the faster training step in {pairs - len(misses)} of {pairs} cases "
+            f"measured with both dispatches; not in: {'; '.join(misses)}."]
+
+
+def _bench_block(name: str, title_note: str):
+    def build(records: Records) -> str:
+        run = records.json(f"{BENCH}/{name}")
+        repeats = run["config"].get("repeats", 1)
+        how = (f"median of {repeats} passes, range in brackets" if repeats > 1
+               else "one pass")
+        return "\n".join([
+            f"`{BENCH}/{name}` ({title_note}; {how}; {run['config']['steps']} timed steps per time). "
+            f"Machine: {machine_line(run)}.",
+            "",
+            bench_table(run),
+            "",
+            *auto_lines(run),
+        ])
+
+    build.__name__ = f"bench_{name.removesuffix('.json')}"
+    return build
+
+
+for _name, _note in (("cpu_tf_dense.json", "TensorFlow, `MoEDense`"),
+                     ("cpu_tf.json", "TensorFlow, `MoEDense`, `MoEConv2D` and the pipeline's epochs"),
+                     ("cpu_jax_dense.json", "JAX, `MoEDense`"),
+                     ("cpu_jax_conv.json", "JAX, `MoEConv2D`")):
+    report_block("benchmarks/README.md", _name.removesuffix(".json").replace("_", "-"))(_bench_block(_name, _note))
+
+
+# The router-saturation diagnostic (reports/router_saturation.csv) --------------
+
+
+@report_block("reports/router_saturation.md", "router-saturation")
+def router_saturation(records: Records) -> str:
+    rows = []
+    for r in records.csv("reports/router_saturation.csv"):
+        weights = r["mixing_weights"].split()  # as the CSV holds them (4 decimals)
+        rows.append((r["model"], r["epoch"], f"{100 * float(r['train_accuracy']):.1f}",
+                     f"{100 * float(r['validation_accuracy']):.1f}",
+                     f"{float(r['logit_std']):.2f}" if r["logit_std"] else "-",
+                     " / ".join(weights) if weights else "-"))
+    return markdown_table(["model", "epoch", "train acc %", "val acc %", "router logit std",
+                           "mean mixing weights (1st / 2nd / 3rd expert)"], rows)
+
+
+@report_block("README.md", "router-saturation-summary")
+def router_saturation_summary(records: Records) -> str:
+    rows = records.csv("reports/router_saturation.csv")
+    last = {r["model"]: r for r in rows if r["epoch"] == max(x["epoch"] for x in rows)}
+
+    def find(word):
+        return next(r for model, r in last.items() if word(model))
+
+    linear = find(lambda m: "linear router" in m and "z-loss" not in m)
+    zloss = find(lambda m: "z-loss" in m)
+    cosine = find(lambda m: "cosine" in m)
+
+    def mix(r):
+        return " / ".join(f"{float(w):.2f}" for w in r["mixing_weights"].split())
+
+    return (f"After epoch {linear['epoch']} of `reports/router_saturation.csv` (seed 0, one run each), the "
+            f"linear router's logits had a standard deviation of {float(linear['logit_std']):.1f} and "
+            f"MoE(3,5) mixed its three experts {mix(linear)}, in effect top-1; with a z-loss of 1e-2 the "
+            f"standard deviation was {float(zloss['logit_std']):.1f} and the mix {mix(zloss)}. The cosine "
+            f"router's logits stayed at {float(cosine['logit_std']):.1f} and it mixed {mix(cosine)}.")
+
+
+# The MoE study (reports/*.csv, written by `python -m pipelines.experiments`) --
+
+
+def _num(value: str):
+    return None if value in ("", None) else float(value)
+
+
+def _pct(mean, std=None) -> str:
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _pm(mean, std, digits=3) -> str:
+    return f"{round(mean, digits) + 0.0:.{digits}f} ± {std:.{digits}f}"
+
+
+def welch(rows, column, a, b, value="test_accuracy") -> str:
+    """`+0.33 pp (Welch p=0.59)`: mean of `b` minus mean of `a` over seeds."""
+    first = [float(r[value]) for r in rows if r[column] == a]
+    second = [float(r[value]) for r in rows if r[column] == b]
+    difference = statistics.fmean(second) - statistics.fmean(first)
+    if len(first) < 2 or len(second) < 2:
+        p = "n/a"
+    else:
+        from scipy import stats
+
+        p = f"{float(stats.ttest_ind(second, first, equal_var=False).pvalue):.2g}"
+    return f"{100 * difference:+.2f} pp (Welch p={p})"
+
+
+@report_block("reports/moe_study.md", "study-params")
+def study_params(records: Records) -> str:
+    rows = [(r["config"], f"{int(float(r['params_total_mean'])):,}", f"{int(float(r['params_active_mean'])):,}")
+            for r in records.csv("reports/experts_summary.csv")]
+    return markdown_table(["model", "total", "active per input"], rows)
+
+
+@report_block("reports/moe_study.md", "study-commands")
+def study_commands(records: Records) -> str:
+    runs = [r for r in records.csv("reports/run_log.csv") if r["quick"].strip().lower() != "true"]
+    last: dict[str, dict] = {}
+    for r in runs:  # a re-run replaces an experiment's CSVs: its last command counts
+        last.pop(r["experiment"], None)
+        last[r["experiment"]] = r
+    return markdown_table(["command", "wall s", "finished (UTC)"],
+                          [(f"`{r['command']}`", r["wall_seconds"], r["finished_utc"]) for r in last.values()])
+
+
+@report_block("reports/moe_study.md", "study-collapse")
+def study_collapse(records: Records) -> str:
+    summary = records.csv("reports/collapse_summary.csv")
+    frame = records.csv("reports/collapse.csv")
+    epochs = records.csv("reports/collapse_epochs.csv")
+    load_columns = sorted((c for c in epochs[0] if c.startswith("moe_load_")), key=lambda c: int(c.split("_")[-1]))
+    last: dict[tuple, dict] = {}
+    for r in epochs:
+        key = (r["config"], r["seed"])
+        if key not in last or int(r["epoch"]) >= int(last[key]["epoch"]):
+            last[key] = r
+    ranked: dict[str, list[list[float]]] = {}
+    for (config, _), r in last.items():
+        ranked.setdefault(config, []).append(sorted((float(r[c]) for c in load_columns), reverse=True))
+    reference = {0.0: "27/4/70%, H=0.721", 0.01: "34/33/34%, H=1.099"}
+    rows = []
+    for r in summary:
+        loads = [statistics.fmean(column) for column in zip(*ranked[r["config"]])]
+        rows.append((r["config"], "/".join(f"{100 * v:.0f}" for v in loads) + "%",
+                     _pm(float(r["final_entropy_mean"]), float(r["final_entropy_std"])),
+                     _pm(float(r["final_max_load_ratio_mean"]), float(r["final_max_load_ratio_std"]), 2),
+                     _pct(float(r["test_accuracy_mean"]), float(r["test_accuracy_std"])),
+                     reference.get(float(r["alpha"]), "-")))
+    table = markdown_table(["Switch", "load at last epoch (busiest/…/least)", "entropy (nats, max 1.099)",
+                            "max load / ideal", "test acc %", "reference study"], rows)
+    claims = []
+    for inputs in dict.fromkeys(r["inputs"] for r in summary):
+        group = [r for r in summary if r["inputs"] == inputs]
+        none = next(r for r in group if float(r["alpha"]) == 0.0)
+        busiest = statistics.fmean(x[0] for x in ranked[none["config"]])
+        claims.append(f"- {inputs} inputs, no balancing: the busiest expert ends with {100 * busiest:.0f}% of the "
+                      f"inputs (reference: 70%), load entropy {max(0.0, float(none['final_entropy_mean'])):.3f} of "
+                      f"a possible {math.log(3):.3f} nats (reference 0.721).")
+        for r in group:
+            if float(r["alpha"]) != 0.0:
+                claims.append(f"- {inputs} inputs, Switch alpha={float(r['alpha']):g} vs alpha=0: test accuracy "
+                              f"{welch(frame, 'config', none['config'], r['config'])}.")
+    return "\n".join([table, "", *claims])
+
+
+@report_block("reports/moe_study.md", "study-balancing")
+def study_balancing(records: Records) -> str:
+    summary, frame = records.csv("reports/balancing_summary.csv"), records.csv("reports/balancing.csv")
+    rows = [(r["config"], _pm(float(r["final_entropy_mean"]), float(r["final_entropy_std"])),
+             _pm(float(r["final_max_load_ratio_mean"]), float(r["final_max_load_ratio_std"]), 2),
+             f"{float(r['final_dead_experts_mean']):.1f}",
+             _pct(float(r["test_accuracy_mean"]), float(r["test_accuracy_std"])),
+             welch(frame, "config", "none", r["config"]) if r["config"] != "none" else "-",
+             f"{float(r['epoch_seconds_mean']):.2f}") for r in summary]
+    best = max(summary, key=lambda r: float(r["final_entropy_mean"]))
+    return "\n".join([
+        markdown_table(["method", "entropy at last epoch (nats)", "max load / ideal", "dead experts", "test acc %",
+                        "acc vs none", "s / epoch"], rows),
+        "",
+        f"Most balanced: {best['config']} (entropy {float(best['final_entropy_mean']):.3f} of {math.log(3):.3f}).",
+    ])
+
+
+REFERENCE_MNIST = {"baseline": 97.52, 2: 97.34, 3: 96.50, 4: 96.09, 8: 95.92}
+
+
+@report_block("reports/moe_study.md", "study-experts")
+def study_experts(records: Records) -> str:
+    summary, frame = records.csv("reports/experts_summary.csv"), records.csv("reports/experts.csv")
+    rows = []
+    for r in summary:
+        is_base = r["model"] == "baseline"
+        key = "baseline" if is_base else (int(float(r["num_experts"])) if int(float(r["top_k"])) == 1 else None)
+        reference = REFERENCE_MNIST.get(key)
+        rows.append((r["config"], _pct(float(r["test_accuracy_mean"]), float(r["test_accuracy_std"])),
+                     _pct(float(r["train_accuracy_mean"])), _pct(float(r["val_accuracy_mean"])),
+                     "-" if is_base else welch(frame, "config", "baseline", r["config"]),
+                     f"{int(float(r['params_total_mean'])):,}", f"{int(float(r['params_active_mean'])):,}",
+                     f"{float(r['epoch_seconds_mean']):.2f}", f"{float(r['best_epoch_mean']):.1f}",
+                     "-" if reference is None else f"{reference:.2f}"))
+    base = next(r for r in summary if r["model"] == "baseline")
+    trend = ", ".join(f"n={int(float(r['num_experts']))}: {_pct(float(r['test_accuracy_mean']))}"
+                      for r in summary if r["model"] == "moe" and int(float(r["top_k"])) == 1)
+    return "\n".join([
+        markdown_table(["config", "test acc %", "train acc % (best epoch)", "val acc %", "vs baseline",
+                        "params total", "active / input", "s / epoch", "best epoch", "reference MNIST (k=1)"], rows),
+        "",
+        f"Dense baseline: {_pct(float(base['test_accuracy_mean']), float(base['test_accuracy_std']))}. MoE k=1 by n: "
+        f"{trend} (reference, full MNIST: 97.52 baseline; 97.34, 96.50, 96.09, 95.92 for n = 2, 3, 4, 8).",
+    ])
+
+
+@report_block("reports/moe_study.md", "study-datasets")
+def study_datasets(records: Records) -> str:
+    summary, frame = records.csv("reports/datasets_summary.csv"), records.csv("reports/datasets.csv")
+    rows = []
+    for r in summary:
+        part = [x for x in frame if x["dataset"] == r["dataset"]]
+        rows.append((r["dataset"], r["config"], _pct(float(r["test_accuracy_mean"]), float(r["test_accuracy_std"])),
+                     "-" if r["config"] == "baseline" else welch(part, "config", "baseline", r["config"]),
+                     f"{float(r['epoch_seconds_mean']):.2f}"))
+    return markdown_table(["dataset", "model", "test acc %", "vs baseline", "s / epoch"], rows)
+
+
+@report_block("reports/moe_study.md", "study-gating")
+def study_gating(records: Records) -> str:
+    summary, frame = records.csv("reports/gating_summary.csv"), records.csv("reports/gating.csv")
+    first = summary[0]["config"]
+    rows = [(r["config"], _pm(float(r["final_entropy_mean"]), float(r["final_entropy_std"])),
+             _pm(float(r["final_max_load_ratio_mean"]), float(r["final_max_load_ratio_std"]), 2),
+             _pct(float(r["test_accuracy_mean"]), float(r["test_accuracy_std"])),
+             "-" if r["config"] == first else welch(frame, "config", first, r["config"])) for r in summary]
+    return markdown_table(["gate", "entropy at last epoch (nats)", "max load / ideal", "test acc %", "vs gate=p"], rows)
+
+
+# The digit-recognizer pipeline (reports/records/digit_recognizer/*.json) ------
+
+PIPELINE_RECORDS = "reports/records/digit_recognizer"
+
+
+def _model_name(config: dict) -> str:
+    moe = config.get("moe")
+    return f"MoE({moe[0]},{moe[1]})" if moe else "dense"
+
+
+def pipeline_table(runs: list[dict]) -> str:
+    """One row per run record written by `pipelines.train` (committed
+    copies of `submissions/<run>.json`)."""
+    rows = []
+    for run in runs:
+        config = run["model_config"]
+        test = run.get("test_accuracy")
+        rows.append((run["name"], _model_name(config), config["hidden"], run["seed"],
+                     f"{100 * run['train_accuracy']:.2f}", f"{100 * run['validation_accuracy']:.2f}",
+                     "-" if test is None else f"{100 * test:.1f}",
+                     f"{run['params_total']:,} / {run['params_active']:,}", run["epochs_run"],
+                     f"{run['wall_time_s']:.0f}",
+                     f"{run['versions'].get('backend', '?')}, {run['machine'].get('cpu_count', '?')} cores, "
+                     f"{run['machine'].get('accelerator') or 'no accelerator'}"))
+    return markdown_table(["run", "model", "hidden", "seed", "train %", "validation %", "labelled 1,000 %",
+                           "params total / active", "epochs", "time (s)", "machine"], rows)
+
+
+@report_block("reports/digit_recognizer_grid.md", "pipeline-runs")
+def pipeline_runs(records: Records) -> str:
+    paths = records.glob(f"{PIPELINE_RECORDS}/*.json")
+    if not paths:
+        return (f"No run of the pipeline is recorded under `{PIPELINE_RECORDS}/` yet, so this report "
+                "quotes no accuracy and no time.")
+    return pipeline_table([records.json(p) for p in paths])
+
+
+if __name__ == "__main__":
+    # Run the registry of the importable module, so that builders registered
+    # from other modules (`from pipelines.reports import report_block`) count.
+    from pipelines.reports import main as _main
+
+    sys.exit(_main())
