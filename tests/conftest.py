@@ -5,7 +5,47 @@ from __future__ import annotations
 import contextlib
 import io
 
+import numpy as np
 import pytest
+
+
+def gradients(fn, *arrays):
+    """Gradients of the scalar `fn(*tensors)` w.r.t. each of `arrays`.
+
+    Taken with the active Keras backend's own autodiff (`jax.grad`,
+    `tf.GradientTape`, `torch.autograd.grad`), the pattern of
+    `test_dispatch.sparse_gradients`. An input `fn` does not depend on gets
+    a zero gradient on every backend (TensorFlow and torch would say None).
+    Skips the test on a backend without a branch here.
+
+    Returns:
+        A list of float32 NumPy arrays, one per array, of the arrays' shapes.
+    """
+    import keras
+
+    arrays = [np.asarray(a, dtype="float32") for a in arrays]
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        grads = jax.grad(fn, argnums=tuple(range(len(arrays))))(*arrays)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        variables = [tf.constant(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(variables)
+            value = fn(*variables)
+        grads = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    elif backend == "torch":
+        import torch
+
+        variables = [keras.ops.convert_to_tensor(a).detach().requires_grad_(True) for a in arrays]
+        grads = torch.autograd.grad(fn(*variables), variables, allow_unused=True)
+        grads = [torch.zeros_like(v) if g is None else g for v, g in zip(variables, grads)]
+    else:
+        pytest.skip(f"tests/conftest.py's gradients() has no branch for the {backend} backend")
+    return [np.asarray(keras.ops.convert_to_numpy(g), dtype="float32") for g in grads]
 
 
 @pytest.fixture
