@@ -206,6 +206,8 @@ def _f(value, digits=2) -> str:
 
 def _spread(values, digits=2) -> str:
     """`median (min-max)` of a list, or the value alone when there is one."""
+    if not values:
+        return "-"
     if len(values) == 1:
         return _f(values[0], digits)
     return f"{_f(statistics.median(values), digits)} ({_f(min(values), digits)}-{_f(max(values), digits)})"
@@ -260,6 +262,8 @@ def target_runs(records: Records, backend: str, metric: str, k: int) -> dict[str
 
 
 def _target_cell(values, target) -> str:
+    if not values:
+        return "-"
     within = sum(v <= target for v in values)
     return f"{_spread(values)}; {within} of {len(values)} within"
 
@@ -587,7 +591,7 @@ def pipeline_table(runs: list[dict]) -> str:
                      f"{run['wall_time_s']:.0f}",
                      f"{run['versions'].get('backend', '?')}, {run['machine'].get('cpu_count', '?')} cores, "
                      f"{run['machine'].get('accelerator') or 'no accelerator'}"))
-    return markdown_table(["run", "model", "hidden", "seed", "train %", "validation %", "labelled 1,000 %",
+    return markdown_table(["run", "model", "hidden", "seed", "train %", "validation %", "labelled 1,000 (validation) %",
                            "params total / active", "epochs", "time (s)", "machine"], rows)
 
 
