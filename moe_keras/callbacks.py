@@ -1,9 +1,5 @@
 """Keras callbacks that expose what the MoE layers' routers are doing."""
 
-import csv
-import os
-import tempfile
-
 import keras
 
 from moe_keras.usage import moe_layers
@@ -19,27 +15,28 @@ class ExpertUsage(keras.callbacks.Callback):
     a layer named `moe` the keys are `moe_entropy` (nats of the expert load;
     `log(n)` is perfect balance), `moe_max_load_ratio` (1.0 is perfect),
     `moe_dead_experts`, `moe_dropped_fraction` and, with
-    `per_expert_load=True`, `moe_load_0` ... `moe_load_{n-1}`.
+    `per_expert_load=True`, `moe_load_0` ... `moe_load_{n-1}`. For a file
+    of them, put `keras.callbacks.CSVLogger` after this callback.
+
+    `rows` keeps the same statistics in memory, one dict per epoch and layer
+    (`epoch`, `layer`, the `routing_stats()` values with `tokens`, and
+    `load_0` ...).
 
     Args:
         per_expert_load: also log the load fraction of every expert.
-        csv_path: optional path of a per-epoch table (one row per epoch and
-            layer), rewritten atomically at every epoch end.
 
     Example:
 
     ```python
-    usage = ExpertUsage(csv_path="expert_usage.csv")
-    history = model.fit(x, y, epochs=5,
-                        callbacks=[usage, keras.callbacks.CSVLogger("log.csv")])
+    history = model.fit(x, y, epochs=5, callbacks=[
+        ExpertUsage(), keras.callbacks.CSVLogger("log.csv")])
     history.history["moe_entropy"]
     ```
     """
 
-    def __init__(self, per_expert_load=True, csv_path=None):
+    def __init__(self, per_expert_load=True):
         super().__init__()
         self.per_expert_load = per_expert_load
-        self.csv_path = csv_path
         self.rows = []
 
     def on_train_begin(self, logs=None):
@@ -67,23 +64,3 @@ class ExpertUsage(keras.callbacks.Callback):
             row.update({k: v for k, v in stats.items() if k != "load"})
             row.update({f"load_{i}": v for i, v in enumerate(stats["load"])})
             self.rows.append(row)
-        if self.csv_path:
-            self.write_csv(self.csv_path)
-
-    def write_csv(self, path):
-        """Writes the per-epoch table collected so far (temp file + rename)."""
-        if not self.rows:
-            return
-        fields = list(dict.fromkeys(k for row in self.rows for k in row))
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        handle, temp_path = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(self.rows)
-            os.replace(temp_path, path)
-        except BaseException:
-            os.unlink(temp_path)
-            raise
