@@ -6,6 +6,7 @@ inverse map. Autodiff would instead scatter-add the gradient of a gather,
 which XLA runs as a serial loop on CPU and with atomics on GPU.
 """
 
+import keras
 from keras import ops
 
 
@@ -32,19 +33,45 @@ def gather_rows(values, index, inverse_index):
         `(M, d)`.
     """
 
+    if keras.backend.backend() == "jax":
+        return _jax_gather_rows(values, index, inverse_index)
+
     @ops.custom_gradient
     def gather(values):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            readers = take_rows(upstream, ops.reshape(inverse_index, (-1,)))
-            readers = ops.reshape(
-                readers, (-1, inverse_index.shape[-1], upstream.shape[-1])
-            )
-            return ops.sum(readers, axis=1)
+            return _gather_back(upstream, inverse_index)
 
         return take_rows(values, index), grad
 
     return gather(values)
 
 
+def _gather_back(upstream, inverse_index):
+    """The gradient of `gather_rows`: every row sums its readers' rows."""
+    readers = take_rows(upstream, ops.reshape(inverse_index, (-1,)))
+    readers = ops.reshape(readers, (-1, inverse_index.shape[-1], upstream.shape[-1]))
+    return ops.sum(readers, axis=1)
+
+
+def _jax_gather_rows(values, index, inverse_index):
+    """`gather_rows` as a `jax.custom_vjp` that takes the index maps as
+    arguments: `ops.custom_gradient` (`jax.custom_gradient`) closes over
+    them, and a closed-over tracer leaks out of `lax.switch` branches when
+    the switch is differentiated (the dropless engine's buckets)."""
+    import jax
+
+    @jax.custom_vjp
+    def gather(values, index, inverse_index):
+        return take_rows(values, index)
+
+    def forward(values, index, inverse_index):
+        return take_rows(values, index), (index, inverse_index)
+
+    def backward(saved, upstream):
+        index, inverse_index = saved
+        return _gather_back(upstream, inverse_index), None, None
+
+    gather.defvjp(forward, backward)
+    return gather(values, index, inverse_index)

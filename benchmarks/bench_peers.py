@@ -1,0 +1,188 @@
+"""MoEDense against its peers: train step, predict and inference memory.
+
+One process, one backend (`KERAS_BACKEND`), every model built once; the
+timed passes then interleave the models, so a slow spell of a shared
+machine hits them alike. For each token shape `(batch, seq, features)`,
+expert count `n` and `k`:
+
+* `dense_ffn`: `Dense(hidden * k, relu) -> Dense(features)`, the same
+  parameters active per token as the MoE, the compute an MoE should match;
+* `moe_default`: `MoEDense(features, n, top_k=k, expert_hidden=hidden)`
+  with every other argument at its default;
+* `moe_cf1.25`: the same with `capacity_factor=1.25` (tokens past an
+  expert's capacity dropped in training);
+* `keras_hub_mixtral`: KerasHub's `MixtralSparseMoeBlock` with SwiGLU experts
+  of intermediate size `2 * hidden / 3`, the same parameters per expert
+  (KerasHub imported from its source tree: the block is not exported).
+
+A train step is one `train_on_batch` (MSE to the inputs, SGD, the layers'
+auxiliary losses included) with each model's default `jit_compile="auto"`;
+predict is one `predict_on_batch`. Each pass times `--steps` calls after
+`--warmup` untimed ones and keeps their median; the record keeps every
+pass, and tables quote the median pass with the range. Peak inference
+memory is the rise of the process's peak resident set (`VmHWM`, reset
+through `/proc/self/clear_refs` before each model's predict) over its
+resident set before the call.
+
+    KERAS_BACKEND=tensorflow python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_tf.json
+    KERAS_BACKEND=jax python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_jax.json
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+MODELS = ("dense_ffn", "moe_default", "moe_cf1.25", "keras_hub_mixtral")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one pass (smoke test)")
+    parser.add_argument("--json", metavar="OUT", help="write the run record here")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=384, help="MoE expert hidden size")
+    parser.add_argument("--experts", default="8,64,256")
+    parser.add_argument("--topk", default="1,2")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--steps", type=int, default=5, help="timed calls per pass")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="passes")
+    parser.add_argument("--peer-max-repeats-experts", type=int, default=64,
+                        help="above this n, KerasHub's block (every expert on every "
+                             "token) is timed in the first pass only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.seq, args.features, args.hidden = 2, 16, 8, 12
+        args.experts, args.topk, args.steps, args.warmup, args.repeats = "4,8", "1,2", 2, 1, 1
+    args.experts = [int(v) for v in args.experts.split(",")]
+    args.topk = [int(v) for v in args.topk.split(",")]
+    args.models = [m for m in args.models.split(",") if m]
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    return args
+
+
+def build(name, args, num_experts, top_k):
+    import keras
+
+    from moe_keras import MoEDense
+
+    inputs = keras.Input((args.seq, args.features))
+    if name == "dense_ffn":
+        hidden = keras.layers.Dense(args.hidden * top_k, activation="relu")(inputs)
+        outputs = keras.layers.Dense(args.features)(hidden)
+    elif name == "moe_default":
+        outputs = MoEDense(args.features, num_experts, top_k=top_k, expert_hidden=args.hidden)(inputs)
+    elif name == "moe_cf1.25":
+        outputs = MoEDense(args.features, num_experts, top_k=top_k,
+                           expert_hidden=args.hidden, capacity_factor=1.25)(inputs)
+    else:
+        from keras_hub.src.models.mixtral.mixtral_decoder import MixtralSparseMoeBlock
+
+        # SwiGLU experts have three d x m matrices, MoEDense's MLP two d x h:
+        # m = 2h/3 gives both the same parameters per expert.
+        block = MixtralSparseMoeBlock(args.features, 2 * args.hidden // 3, num_experts, top_k=top_k)
+        outputs, _ = block(inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def peak_rss_rise_mb(call):
+    """Runs `call()`; returns how far the process's peak RSS rose above its
+    RSS before the call, in MB (Linux), or None elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        call()
+        return None
+
+    def status(field):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    before = status("VmRSS:")
+    call()
+    return status("VmHWM:") - before
+
+
+def median_ms(call, steps, warmup):
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def run(args):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(args.batch, args.seq, args.features)).astype("float32")
+    cases = [(name, n, k) for n in args.experts for k in args.topk for name in args.models
+             if not (name == "dense_ffn" and n != args.experts[0])]
+    models = {case: build(*case[:1], args, *case[1:]) for case in cases}
+    passes = {case: {"train_ms": [], "predict_ms": []} for case in cases}
+    memory = {}
+    for index in range(args.repeats):
+        for case, model in models.items():
+            name, n, _ = case
+            if name == "keras_hub_mixtral" and n > args.peer_max_repeats_experts and index > 0:
+                continue
+            passes[case]["train_ms"].append(
+                median_ms(lambda: model.train_on_batch(x, x), args.steps, args.warmup))
+            passes[case]["predict_ms"].append(
+                median_ms(lambda: model.predict_on_batch(x), args.steps, args.warmup))
+            if index == 0:
+                memory[case] = peak_rss_rise_mb(lambda: model.predict_on_batch(x))
+            print(f"pass {index}: {name:18s} n={n:<4d} k={case[2]} "
+                  f"train {passes[case]['train_ms'][-1]:9.1f} ms  "
+                  f"predict {passes[case]['predict_ms'][-1]:9.1f} ms", flush=True)
+    rows = []
+    for case in cases:
+        name, n, k = case
+        rows.append({"model": name, "n": n, "k": k, **passes[case],
+                     "predict_peak_rss_mb": memory.get(case),
+                     "params": int(models[case].count_params())})
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    from pipelines import records
+
+    start = time.perf_counter()
+    rows = run(args)
+    record = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "seed": 0,
+        "versions": records.library_versions(),
+        "machine": records.machine_description(),
+        "backend": keras.backend.backend(),
+        "rows": rows,
+        "timings": {"total_s": round(time.perf_counter() - start, 1)},
+    }
+    if args.json:
+        records.write_json_atomically(args.json, record)
+    return record
+
+
+if __name__ == "__main__":
+    main()
