@@ -26,26 +26,132 @@ def test_summarize_balanced_and_collapsed_counts():
     assert summarize_counts([0, 0])["dead_experts"] == 2
 
 
-def test_routing_counts_matches_the_layer_choices():
-    inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(6, name="trunk")(inputs)
-    moe = MoEDense(3, num_experts=3, top_k=2, name="moe")
-    model = keras.Model(inputs, moe(hidden))
-    assert moe_layers(model) == [moe]
-    x = np.random.default_rng(0).normal(size=(20, 4)).astype("float32")
-    y = np.arange(20) % 4
-    counts = routing_counts(model, x, y, batch_size=7)
-    assert counts.shape == (4, 3)
-    assert counts.sum() == 20 * 2  # every example counted once per choice
-    choices = keras.ops.convert_to_numpy(moe.expert_choices(model.get_layer("trunk")(x)))
-    expected = np.zeros((4, 3), int)
-    for label, row in zip(y, choices):
-        for expert in row:
-            expected[label, expert] += 1
-    np.testing.assert_array_equal(counts, expected)
+# Router kernel (3 features -> 3 experts): logits = [-h0, h0, h1], so expert
+# 1 takes h0 > 0, expert 0 takes h0 < 0, and expert 2 wins when h1 > |h0|.
+ROUTER_KERNEL = np.array([[-1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], "float32")
+# The trunk in front of the MoE layer negates its input: h = -x, so routing
+# counts that read the model input instead of the layer's input come out wrong.
+X = np.array([
+    [-1, 0, 0],    # h = ( 1, 0, 0): logits [-1, 1, 0]   top-1 {1}, top-2 {1, 2}
+    [2, 0, 0],     # h = (-2, 0, 0): logits [ 2,-2, 0]   top-1 {0}, top-2 {0, 2}
+    [-1, -3, 0],   # h = ( 1, 3, 0): logits [-1, 1, 3]   top-1 {2}, top-2 {2, 1}
+    [-0.5, 0, 5],  # h = (.5, 0,-5): logits [-.5,.5,0]   top-1 {1}, top-2 {1, 2}
+    [1, -3, 0],    # h = (-1, 3, 0): logits [ 1,-1, 3]   top-1 {2}, top-2 {2, 0}
+    [3, 0, 0],     # h = (-3, 0, 0): logits [ 3,-3, 0]   top-1 {0}, top-2 {0, 2}
+    [-2, 0, 0],    # h = ( 2, 0, 0): logits [-2, 2, 0]   top-1 {1}, top-2 {1, 2}
+], "float32")
+Y = np.array([0, 0, 1, 1, 2, 2, 0])
+# Class x expert counts written out from the comments above; class 3 has no
+# example (num_classes=4).
+EXPECTED = {
+    1: [[1, 2, 0],
+        [0, 1, 1],
+        [1, 0, 1],
+        [0, 0, 0]],
+    2: [[1, 2, 3],
+        [0, 2, 2],
+        [2, 0, 2],
+        [0, 0, 0]],
+}
+
+
+def controlled_model(top_k, sequence=False):
+    shape = (2, 3) if sequence else (3,)
+    inputs = keras.Input(shape)
+    trunk = keras.layers.Dense(3, use_bias=False, name="trunk")
+    moe = MoEDense(2, num_experts=3, top_k=top_k, name="moe")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(moe(trunk(inputs))))
+    trunk.kernel.assign(-np.eye(3, dtype="float32"))
+    moe.router_kernel.assign(ROUTER_KERNEL)
+    return model
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_routing_counts_of_a_router_set_by_hand(top_k):
+    model = controlled_model(top_k)
+    counts = routing_counts(model, X, Y, num_classes=4, batch_size=3)  # batches 3 + 3 + 1
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, EXPECTED[top_k])
+    # By name, and num_classes defaulting to max(y) + 1.
+    np.testing.assert_array_equal(routing_counts(model, X, Y, layer="moe"), EXPECTED[top_k][:3])
+
+
+def test_routing_counts_count_every_position_under_its_examples_label():
+    # Example i holds rows X[i] and X[(i + 1) % 7] as its two positions.
+    x = np.stack([X, np.roll(X, -1, axis=0)], axis=1)
+    model = controlled_model(1, sequence=True)
+    counts = routing_counts(model, x, Y, batch_size=4)
+    # top-1 experts of X: [1, 0, 2, 1, 2, 0, 1]; second positions: [0, 2, 1, 2, 0, 1, 1].
+    np.testing.assert_array_equal(counts, [[2, 3, 1], [0, 2, 2], [2, 1, 1]])
 
 
 def test_routing_counts_needs_an_moe_layer():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="no MoE layer"):
         routing_counts(model, np.zeros((2, 2)), np.zeros(2))
+
+
+class Holder(keras.layers.Layer):
+    """A custom layer keeping one MoEDense as an attribute."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = MoEDense(4, num_experts=2, name="held")
+
+    def call(self, x):
+        return self.inner(x)
+
+
+class ListHolder(keras.layers.Layer):
+    """A custom layer keeping MoEDense layers in a list (the first one a
+    second time under an attribute) and in a dict."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [MoEDense(4, num_experts=2, name=f"block_{i}") for i in range(2)]
+        self.first = self.blocks[0]
+        self.by_name = {"last": MoEDense(4, num_experts=2, name="in_dict")}
+
+    def call(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.by_name["last"](x)
+
+
+def names(layers):
+    return [layer.name for layer in layers]
+
+
+def test_moe_layers_finds_a_layer_held_as_an_attribute():
+    holder = Holder()
+    model = keras.Sequential([keras.Input((3,)), holder, keras.layers.Dense(2)])
+    assert moe_layers(model) == [holder.inner]
+    assert moe_layers(holder) == [holder.inner]
+
+
+def test_moe_layers_finds_layers_held_in_a_list_and_a_dict_once_each():
+    holder = ListHolder()
+    model = keras.Sequential([keras.Input((3,)), holder])
+    # block_0 is held twice (list and attribute) and listed once.
+    assert moe_layers(model) == [holder.blocks[0], holder.blocks[1], holder.by_name["last"]]
+
+
+def test_moe_layers_finds_a_layer_inside_a_nested_sequential():
+    moe = MoEDense(4, num_experts=3, name="deep")
+    inner = keras.Sequential([keras.layers.Dense(4), keras.Sequential([moe])])
+    model = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(2)])
+    assert moe_layers(model) == [moe]
+
+
+def test_moe_layers_in_a_functional_model_outer_first_each_once():
+    inputs = keras.Input((3,))
+    first = MoEDense(4, num_experts=2, name="first")
+    shared = MoEDense(4, num_experts=2, name="shared")
+    holder = Holder(name="holder")
+    nested = keras.Sequential([MoEDense(4, num_experts=2, name="nested")], name="nested_seq")
+    x = shared(first(inputs))
+    x = shared(x)  # called twice: still one layer
+    x = nested(holder(x))
+    model = keras.Model(inputs, x)
+    assert names(moe_layers(model)) == ["first", "shared", "held", "nested"]
+    assert moe_layers(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == []
