@@ -7,6 +7,8 @@ expert count `n` and `k`:
 
 * `dense_ffn`: `Dense(hidden * k, relu) -> Dense(features)`, the same
   parameters active per token as the MoE, the compute an MoE should match;
+* `dense_ffn_graph` (TensorFlow only): the same without XLA, as the MoE
+  models run on TensorFlow (`moe_keras.dispatch.strategy.supports_xla`);
 * `moe_default`: `MoEDense(features, n, top_k=k, expert_hidden=hidden)`
   with every other argument at its default;
 * `moe_cf1.25`: the same with `capacity_factor=1.25` (tokens past an
@@ -36,7 +38,7 @@ import time
 
 import numpy as np
 
-MODELS = ("dense_ffn", "moe_default", "moe_cf1.25", "keras_hub_mixtral")
+MODELS = ("dense_ffn", "dense_ffn_graph", "moe_default", "moe_cf1.25", "keras_hub_mixtral")
 
 
 def parse_args(argv=None):
@@ -49,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, default=384, help="MoE expert hidden size")
     parser.add_argument("--experts", default="8,64,256")
     parser.add_argument("--topk", default="1,2")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", help=f"comma-separated, from {MODELS} (all that apply)")
     parser.add_argument("--steps", type=int, default=5, help="timed calls per pass")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="passes")
@@ -62,7 +64,13 @@ def parse_args(argv=None):
         args.experts, args.topk, args.steps, args.warmup, args.repeats = "4,8", "1,2", 2, 1, 1
     args.experts = [int(v) for v in args.experts.split(",")]
     args.topk = [int(v) for v in args.topk.split(",")]
-    args.models = [m for m in args.models.split(",") if m]
+    if args.models is None:
+        import keras
+
+        args.models = [m for m in MODELS
+                       if m != "dense_ffn_graph" or keras.backend.backend() == "tensorflow"]
+    else:
+        args.models = [m for m in args.models.split(",") if m]
     unknown = set(args.models) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {MODELS}")
@@ -75,7 +83,7 @@ def build(name, args, num_experts, top_k):
     from moe_keras import MoEDense
 
     inputs = keras.Input((args.seq, args.features))
-    if name == "dense_ffn":
+    if name.startswith("dense_ffn"):
         hidden = keras.layers.Dense(args.hidden * top_k, activation="relu")(inputs)
         outputs = keras.layers.Dense(args.features)(hidden)
     elif name == "moe_default":
@@ -91,7 +99,8 @@ def build(name, args, num_experts, top_k):
         block = MixtralSparseMoeBlock(args.features, 2 * args.hidden // 3, num_experts, top_k=top_k)
         outputs, _ = block(inputs)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer="sgd", loss="mse")
+    jit_compile = False if name == "dense_ffn_graph" else "auto"
+    model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
     return model
 
 
@@ -134,19 +143,22 @@ def run(args):
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).normal(size=(args.batch, args.seq, args.features)).astype("float32")
     cases = [(name, n, k) for n in args.experts for k in args.topk for name in args.models
-             if not (name == "dense_ffn" and n != args.experts[0])]
+             if not (name.startswith("dense_ffn") and n != args.experts[0])]
     models = {case: build(*case[:1], args, *case[1:]) for case in cases}
     passes = {case: {"train_ms": [], "predict_ms": []} for case in cases}
     memory = {}
     for index in range(args.repeats):
         for case, model in models.items():
             name, n, _ = case
-            if name == "keras_hub_mixtral" and n > args.peer_max_repeats_experts and index > 0:
-                continue
+            steps, warmup = args.steps, args.warmup
+            if name == "keras_hub_mixtral" and n > args.peer_max_repeats_experts:
+                if index > 0:
+                    continue
+                steps, warmup = 2, 1
             passes[case]["train_ms"].append(
-                median_ms(lambda: model.train_on_batch(x, x), args.steps, args.warmup))
+                median_ms(lambda: model.train_on_batch(x, x), steps, warmup))
             passes[case]["predict_ms"].append(
-                median_ms(lambda: model.predict_on_batch(x), args.steps, args.warmup))
+                median_ms(lambda: model.predict_on_batch(x), steps, warmup))
             if index == 0:
                 memory[case] = peak_rss_rise_mb(lambda: model.predict_on_batch(x))
             print(f"pass {index}: {name:18s} n={n:<4d} k={case[2]} "
@@ -157,6 +169,7 @@ def run(args):
         name, n, k = case
         rows.append({"model": name, "n": n, "k": k, **passes[case],
                      "predict_peak_rss_mb": memory.get(case),
+                     "jit_compile": bool(models[case].jit_compile),
                      "params": int(models[case].count_params())})
     return rows
 

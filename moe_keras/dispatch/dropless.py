@@ -26,6 +26,7 @@ layouts, both with shapes fixed at trace time:
 import math
 from typing import NamedTuple
 
+import keras
 from keras import ops
 
 from moe_keras.dispatch.capacity import DispatchPlan
@@ -198,4 +199,12 @@ def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_expert
     branches = [branch(capacity) for capacity in capacities]
     if len(branches) == 1:
         return branches[0](tokens, expert_weights)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        # Reverse-mode `lax.switch` keeps the union of every branch's
+        # residuals (the `(n, T, h)` activations of the last rung included,
+        # zero-filled); rematerialised branches keep only their inputs, the
+        # same for all rungs, and recompute the taken rung's forward.
+        branches = [jax.checkpoint(b) for b in branches]
     return ops.switch(rung, branches, tokens, expert_weights)
