@@ -1,20 +1,52 @@
 """Smoke test of `benchmarks/bench_moe.py`: it runs and writes its JSON."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "bench_moe.py"
+
+
+def check_ratios(rows):
+    """Every time positive and finite; `vs_baseline` and `vs_n8` (and their
+    `fwd_bwd_` twins) equal to the quotients of the rows' own times."""
+    rows = {(r["layer"], r["dispatch"], r["n"], r["k"]): r for r in rows}
+    for key, row in rows.items():
+        assert math.isfinite(row["ms"]) and row["ms"] > 0, key
+        if row.get("fwd_bwd_ms") is not None:
+            assert math.isfinite(row["fwd_bwd_ms"]) and row["fwd_bwd_ms"] > 0, key
+    baselines = {"MoEDense": ("Dense", "baseline", None, 1), "MoEConv2D": ("Conv2D", "baseline", None, None),
+                 "pipeline": ("pipeline", "cnn-dense-h64", None, None)}
+    for prefix, metric in (("", "ms"), ("fwd_bwd_", "fwd_bwd_ms")):
+        for (layer, dispatch, n, k), row in rows.items():
+            if dispatch in ("baseline", "cnn-dense-h64"):
+                assert f"{prefix}vs_baseline" not in row
+                continue
+            if row.get(metric) is None:
+                continue
+            base = rows[baselines[layer]]
+            assert row[f"{prefix}vs_baseline"] == pytest.approx(row[metric] / base[metric], rel=1e-9), (layer, dispatch, n)
+            reference = rows.get((layer, dispatch, 8, k))
+            if reference is None:
+                assert f"{prefix}vs_n8" not in row, (layer, dispatch, n)
+            else:
+                assert row[f"{prefix}vs_n8"] == pytest.approx(row[metric] / reference[metric], rel=1e-9), (
+                    layer, dispatch, n)
 
 
 def test_bench_moe_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.setdefault("KERAS_BACKEND", "jax")
+    # Two expert counts, so that vs_n8 of n=4 divides two different rows.
     process = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_moe.py"), "--quick",
+        [sys.executable, str(BENCH), "--quick", "--experts", "4,8",
          "--pipeline", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
@@ -26,10 +58,13 @@ def test_bench_moe_quick_writes_json(tmp_path):
                 "jax", "device"):
         assert key in machine
     assert machine["backend"] == env["KERAS_BACKEND"]
+    assert result["config"]["experts"] == [4, 8]
 
     rows = {(r["layer"], r["dispatch"], r["n"], r["k"]): r for r in result["rows"]}
     expected = {
         ("Dense", "baseline", None, 1),
+        ("MoEDense", "dense", 4, 1),
+        ("MoEDense", "sparse", 4, 1),
         ("MoEDense", "dense", 8, 1),
         ("MoEDense", "sparse", 8, 1),
         ("Conv2D", "baseline", None, None),
@@ -40,11 +75,11 @@ def test_bench_moe_quick_writes_json(tmp_path):
         ("pipeline", "cnn-moe3of5-h64", 5, 3),
     }
     assert set(rows) == expected
-    for key, row in rows.items():
-        assert row["ms"] > 0, key
-        if key[1] not in ("baseline", "cnn-dense-h64"):
-            assert row["vs_baseline"] > 0, key
-    assert rows[("MoEDense", "sparse", 8, 1)]["vs_n8"] == 1.0
+    check_ratios(result["rows"])
+    for dispatch in ("dense", "sparse"):
+        assert "vs_n8" in rows[("MoEDense", dispatch, 4, 1)]
+        if machine["backend"] != "torch":  # torch has no forward+backward timing
+            assert "fwd_bwd_vs_n8" in rows[("MoEDense", dispatch, 4, 1)]
 
 
 def _bench_module():
