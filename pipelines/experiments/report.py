@@ -32,14 +32,22 @@ def _read(out: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
+NO_SPREAD = "n/a (1 seed)"
+
+
+def _spread(std, digits) -> str:
+    """A sample std, or `n/a (1 seed)` for the NaN that one seed gives."""
+    return NO_SPREAD if pd.isna(std) else f"{std:.{digits}f}"
+
+
 def _pct(mean, std=None) -> str:
-    """An accuracy (fraction) as `97.12 ± 0.31` percent."""
-    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    """An accuracy (fraction) as `97.12 ± 0.31` percent (`97.12 ± n/a (1 seed)`)."""
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {_spread(100 * std, 2)}"
 
 
 def _pm(mean, std, digits=3) -> str:
     # `+ 0.0` turns the -0.0 that an entropy of exactly one expert gives into 0.0.
-    return f"{round(mean, digits) + 0.0:.{digits}f} ± {std:.{digits}f}"
+    return f"{round(mean, digits) + 0.0:.{digits}f} ± {_spread(std, digits)}"
 
 
 def compare(frame: pd.DataFrame, column: str, a, b, value="test_accuracy") -> tuple[float, float]:
@@ -144,7 +152,7 @@ def setup_section(out: Path) -> str:
         "- Protocol: every configuration trained with seeds 0..S-1; each seed draws its own stratified 15% "
         "validation split of the training data; Adam (lr 1e-3), batch 64, early stopping on validation loss "
         "(patience 3, best weights restored); the reported number is accuracy on the separate test set, never "
-        "used for selection. Tables show mean ± sample std over seeds; differences come with a Welch t-test p.",
+        "used for selection. Tables show mean ± sample std over seeds (n/a with one seed); differences come with a Welch t-test p.",
         "- MoE default balancing: Switch loss 0.01 unless a section says otherwise; k=1 mixes with the router "
         "probability (Switch), k=2 renormalises the two gates (Mixtral).",
     ]
