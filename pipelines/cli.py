@@ -1,7 +1,9 @@
 """Command line of `python -m pipelines.digit_recognizer`.
 
     python -m pipelines.digit_recognizer --moe 3,5 --hidden 64      # one run (`train` is the default)
-    python -m pipelines.digit_recognizer --grid [--submit]          # the grid
+    python -m pipelines.digit_recognizer --grid [--submit]          # the grid (+ its ensemble)
+    python -m pipelines.digit_recognizer --moe 3,5 --ensemble 5     # 5 seeds, bagged, averaged
+    python -m pipelines.digit_recognizer ensemble RUN_JSON... [--out F]  # average recorded runs
     python -m pipelines.digit_recognizer submit FILE [-m MSG]       # upload a file
     python -m pipelines.digit_recognizer submissions                # past scores
 
@@ -28,6 +30,8 @@ PROG = "python -m pipelines.digit_recognizer"
 DEFAULT_DATA_DIR = Path("data/digit-recognizer")
 SUBMISSIONS_DIR = Path("submissions")
 GRID_TABLE_STEM = "grid-results"
+GRID_ENSEMBLE_STEM = "grid-ensemble"
+DEFAULT_PSEUDO_LABEL_THRESHOLD = 0.99
 
 # The reference write-up's models as (moe, hidden), plus the dense
 # baselines: the usual one (h64) and the one with the active parameters of
@@ -55,6 +59,36 @@ def _pair(text):
     return k, n
 
 
+def _seed(text):
+    # pipelines.models imports Keras: only `train` (which needs it) parses a seed.
+    from pipelines.models import parse_seed
+
+    try:
+        return parse_seed(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _members(text):
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of runs of at least 1, got {text!r}")
+    return count
+
+
+def _threshold(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability threshold in (0, 1], got {text!r}")
+    return value
+
+
 def _add_train_arguments(parser):
     model = parser.add_argument_group("model")
     model.add_argument("--moe", type=_pair, metavar="K,N", help="MoE(K,N) feature block: top-K of N experts (omit for the dense baseline)")
@@ -79,17 +113,22 @@ def _add_train_arguments(parser):
     training.add_argument("--epochs", type=int, default=40, help="epochs of the cosine learning-rate schedule (default 40)")
     training.add_argument("--batch-size", type=int, default=64)
     training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule (Adam)")
-    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--seed", type=_seed, default=0, help="the run's seed, 0 to 2**32 - 1 (default 0); --ensemble N uses SEED..SEED+N-1")
+    training.add_argument("--deterministic", action="store_true", help="deterministic ops (TensorFlow op determinism, XLA off under the default jit setting): the same --seed gives the same submission bytes on CPU")
     training.add_argument("--validation-fraction", type=float, default=0.1)
     training.add_argument("--patience", type=int, default=10, help="early-stopping patience: epochs of no lower validation loss, watched from 3/4 of --epochs on; the best watched epoch's weights are kept (default 10)")
     training.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU); routers stay float32")
     training.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     training.add_argument("--distribute", choices=("data", "experts"), help="data parallelism (MirroredStrategy on TF, DataParallel on JAX) or expert parallelism (JAX keras.distribution)")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
+    training.add_argument("--pseudo-label", type=_threshold, nargs="?", const=DEFAULT_PSEUDO_LABEL_THRESHOLD, default=None, metavar="THRESHOLD", help=f"train, label the test images the model gives at least THRESHOLD (default {DEFAULT_PSEUDO_LABEL_THRESHOLD}) probability, then train a fresh model on both")
+    training.add_argument("--tta", action="store_true", help="test-time augmentation: predict the mean softmax over each image and its one-pixel shifts")
     io_group = parser.add_argument_group("data and outputs")
     io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
     io_group.add_argument("--out", type=Path, help="submission path (default submissions/<run-name>.csv); with --grid, the output folder")
-    io_group.add_argument("--grid", action="store_true", help="train the reference grid (resumes: finished configs are skipped)")
+    runs = io_group.add_mutually_exclusive_group()
+    runs.add_argument("--grid", action="store_true", help=f"train the reference grid and average it into {GRID_ENSEMBLE_STEM}.csv (resumes: finished configs are skipped)")
+    runs.add_argument("--ensemble", type=_members, metavar="N", help="train N seeds of the config, each on its own validation split (bagging), and write their averaged submission (--out; resumes like --grid)")
     upload = parser.add_argument_group("Kaggle")
     upload.add_argument("--submit", action="store_true", help="upload the submission(s) and record the public score")
     upload.add_argument("--message", help="submission message (default: run name and config)")
@@ -116,10 +155,19 @@ def _parser():
     submit.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="test.csv's folder, for the row count check")
     submit.add_argument("--record", type=Path, help="run record to store the score in (default: FILE with .json, if it exists)")
     commands.add_parser("submissions", help="list this account's recent submissions and scores")
+    average = commands.add_parser(
+        "ensemble", help="average recorded runs into one submission, without training",
+        description="Average the saved test probabilities (<run>.probs.npz) of recorded runs "
+        "into one submission, with its own record and probabilities.")
+    average.add_argument("runs", type=Path, nargs="+", metavar="RUN_JSON", help="run records (each with its .probs.npz beside it)")
+    average.add_argument("--out", type=Path, default=SUBMISSIONS_DIR / "ensemble.csv", help="submission path (default submissions/ensemble.csv); the record and probabilities go beside it")
+    average.add_argument("--submit", action="store_true", help="upload the ensemble's submission and record the public score")
+    average.add_argument("-m", "--message", help="submission message (default: the members' names)")
+    average.add_argument("--wait", type=float, default=600.0, help="seconds to wait for scoring")
     return parser
 
 
-COMMANDS = ("train", "submit", "submissions")
+COMMANDS = ("train", "submit", "submissions", "ensemble")
 
 
 def _configs_from_args(args):
@@ -161,6 +209,9 @@ def _configs_from_args(args):
         jit_compile=True if args.jit else "auto",
         distribute=args.distribute,
         verbose=0 if args.quiet else 1,
+        deterministic=args.deterministic,
+        tta=args.tta,
+        pseudo_label=args.pseudo_label,
     )
     return model_config, train_config
 
@@ -213,10 +264,12 @@ def _submit_and_record(submission, record, message, wait, expected_rows):
     return result
 
 
-def _submit_run(args, model_config, train_config, submission, record_path):
-    """Uploads a run's submission, checked against its test.csv row count
-    (kept in the run record), and stores the score in the record. A
-    submission an interrupted run left PENDING is waited for, not resubmitted."""
+def _submit_run(args, model_config, train_config, submission, record_path, message=None):
+    """Uploads a run's (or an ensemble's) submission, checked against its
+    test.csv row count (kept in the record), and stores the score in the
+    record. A submission an interrupted run left PENDING is waited for, not
+    resubmitted. The message is `args.message`, else `message`, else the
+    configs'."""
     record = _load_record(record_path)
     pending = kaggle.result_from_record(record)
     if pending is not None and pending.status == "PENDING":
@@ -229,7 +282,7 @@ def _submit_run(args, model_config, train_config, submission, record_path):
         kaggle.record_submission(record_path, result)
         _report_score(submission, result)
         return result
-    message = args.message or _describe(model_config, train_config)
+    message = args.message or message or _describe(model_config, train_config)
     return _submit_and_record(submission, record_path, message, args.wait, record["data"]["test_rows"])
 
 
@@ -264,7 +317,9 @@ def _finished(record, model_config, train_config):
         and record.get("status") == "complete"
         and record.get("model_config") == _jsonable(asdict(model_config))
         and record.get("train_config") == _jsonable(asdict(train_config))
-        and Path(record.get("submission", "")).exists()
+        and bool(record.get("submission")) and Path(record["submission"]).exists()
+        # An ensemble needs the run's saved probabilities.
+        and bool(record.get("probabilities")) and Path(record["probabilities"]).exists()
     )
 
 
@@ -272,8 +327,11 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def grid_table_rows(records):
-    """Rows of the grid results table, in the reference write-up's columns."""
+def grid_table_rows(records, ensemble_record=None):
+    """Rows of the grid results table, in the reference write-up's columns;
+    with `ensemble_record`, a last row for the grid's ensemble (its
+    validation accuracy is the averaged probabilities' on the members'
+    shared validation split; it has no training accuracy or epochs)."""
     baseline = next(
         (r for r in records if r["model_config"]["moe"] is None and r["model_config"]["hidden"] == 64),
         None,
@@ -308,6 +366,29 @@ def grid_table_rows(records):
             "Time (s)": record["wall_time_s"],
             "Submission": record["submission"],
         })
+    if ensemble_record is not None:
+        public = score(ensemble_record)
+        base_public = score(baseline) if baseline else None
+        local = ensemble_record.get("test_accuracy")
+        base_local = baseline.get("test_accuracy") if baseline else None
+        validation = ensemble_record.get("validation_accuracy")
+        rows.append({
+            "Model": f"Ensemble (mean of {len(ensemble_record['members'])})",
+            "Hidden Size": "",
+            "Training accuracy": "",
+            "Validation accuracy": "" if validation is None else round(100 * validation, 2),
+            "Public Score": "" if public is None else round(100 * public, 3),
+            "Score Difference": "" if public is None or base_public is None
+            else round(100 * (public - base_public), 3),
+            "Held-out test accuracy": "" if local is None else round(100 * local, 2),
+            "Held-out difference": "" if local is None or base_local is None
+            else round(100 * (local - base_local), 2),
+            "Params (total)": ensemble_record["params_total"],
+            "Params (active)": ensemble_record["params_active"],
+            "Epochs": "",
+            "Time (s)": ensemble_record["members_wall_time_s"],
+            "Submission": ensemble_record["submission"],
+        })
     return rows
 
 
@@ -325,9 +406,35 @@ def write_grid_table(rows, stem):
     return csv_path, md_path
 
 
-def _run_grid(args):
+def _train_or_resume(model_config, train_config, source, submission, tag):
+    """Trains a run unless its record says it finished with this config;
+    returns its record."""
     from pipelines.train import train_run
 
+    record_path = submission.with_suffix(".json")
+    record = _load_record(record_path)
+    if _finished(record, model_config, train_config):
+        print(f"[{tag}] {submission.stem}: finished earlier, not retrained ({record_path})")
+        return record
+    print(f"[{tag}] training {submission.stem}")
+    train_run(model_config, train_config, source, submission)
+    return _load_record(record_path)
+
+
+def _build_and_submit_ensemble(args, record_paths, submission, default_message):
+    """Averages recorded runs into `submission`; with --submit uploads it
+    (unless the same file was scored before). Returns (record, ok)."""
+    from pipelines import ensemble
+
+    record = ensemble.build_ensemble(record_paths, submission)
+    if args.submit and not (record.get("kaggle") or {}).get("public_score"):
+        if _submit_run(args, None, None, submission, record["record"], message=default_message) is None:
+            return _load_record(record["record"]), False
+        record = _load_record(record["record"])
+    return record, True
+
+
+def _run_grid(args):
     base_model, train_config = _configs_from_args(args)
     source = _prepare_data(args.data)
     out_dir = args.out or SUBMISSIONS_DIR
@@ -336,29 +443,59 @@ def _run_grid(args):
         model_config = replace(base_model, moe=moe, hidden=hidden)
         submission = Path(out_dir) / f"{model_config.name}.csv"
         record_path = submission.with_suffix(".json")
-        record = _load_record(record_path)
-        if _finished(record, model_config, train_config):
-            print(f"[grid] {model_config.name}: finished earlier, not retrained ({record_path})")
-        else:
-            print(f"[grid] training {model_config.name}")
-            train_run(model_config, train_config, source, submission)
-            record = _load_record(record_path)
+        record = _train_or_resume(model_config, train_config, source, submission, "grid")
         if args.submit and not record.get("kaggle", {}).get("public_score"):
             if _submit_run(args, model_config, train_config, submission, record_path) is None:
                 failures += 1
             record = _load_record(record_path)
         records.append(record)
-    csv_path, md_path = write_grid_table(grid_table_rows(records), Path(out_dir) / GRID_TABLE_STEM)
+    ensemble_record, submitted = _build_and_submit_ensemble(
+        args, [r["record"] for r in records], Path(out_dir) / f"{GRID_ENSEMBLE_STEM}.csv",
+        f"grid ensemble: mean of {len(records)} models",
+    )
+    failures += not submitted
+    csv_path, md_path = write_grid_table(
+        grid_table_rows(records, ensemble_record), Path(out_dir) / GRID_TABLE_STEM
+    )
     print(f"[grid] results: {csv_path} and {md_path}")
     print(md_path.read_text())
     return 1 if failures else 0
+
+
+def _run_seed_ensemble(args):
+    """`--ensemble N`: N seeds of one config (each its own validation split,
+    as the split follows the seed), then their mean."""
+    model_config, train_config = _configs_from_args(args)
+    # Every member's config first, so a seed out of range fails before training.
+    configs = [replace(train_config, seed=train_config.seed + i) for i in range(args.ensemble)]
+    source = _prepare_data(args.data)
+    out = args.out or SUBMISSIONS_DIR / f"{model_config.name}-ensemble{args.ensemble}.csv"
+    paths = []
+    for config in configs:
+        submission = Path(out).parent / f"{model_config.name}-seed{config.seed}.csv"
+        record = _train_or_resume(model_config, config, source, submission, "ensemble")
+        paths.append(record["record"])
+    seeds = f"seeds {configs[0].seed}..{configs[-1].seed}"
+    _, submitted = _build_and_submit_ensemble(
+        args, paths, Path(out), f"{_describe(model_config, train_config)}: mean of {len(configs)} {seeds}"
+    )
+    return 0 if submitted else 1
 
 
 def _run_train(args):
     for name in ("epochs", "batch_size", "hidden"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    return _run_grid(args) if args.grid else _run_single(args)
+    if args.grid:
+        return _run_grid(args)
+    return _run_seed_ensemble(args) if args.ensemble else _run_single(args)
+
+
+def _run_ensemble(args):
+    """`ensemble RUN_JSON...`: the mean of recorded runs, no training."""
+    names = ", ".join(Path(p).stem for p in args.runs)
+    _, submitted = _build_and_submit_ensemble(args, args.runs, args.out, f"mean of {names}")
+    return 0 if submitted else 1
 
 
 def _run_submit(args):
@@ -381,7 +518,8 @@ def main(argv=None):
         argv.insert(0, "train")
     try:
         args = _parser().parse_args(argv)
-        return {"train": _run_train, "submit": _run_submit, "submissions": _run_submissions}[args.command](args)
+        return {"train": _run_train, "submit": _run_submit, "submissions": _run_submissions,
+                "ensemble": _run_ensemble}[args.command](args)
     except kaggle.KaggleError as error:
         _kaggle_failure(error)
         return 1

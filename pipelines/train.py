@@ -17,12 +17,11 @@ from moe_keras.callbacks import ExpertUsage
 from moe_keras.usage import moe_layers
 from moe_keras.usage import routing_counts
 from pipelines import data
+from pipelines import ensemble
 from pipelines import records
 from pipelines.models import build_model
 from pipelines.models import count_parameters
 from pipelines.models import parse_seed
-# pipelines/cli.py still imports the writer from here.
-from pipelines.records import write_text_atomically  # noqa: F401
 
 SCHEDULES = ("cosine", "constant")
 
@@ -44,6 +43,15 @@ class TrainConfig:
         early_stopping_start: fraction of `epochs` trained before validation
             loss is watched (0: from the first epoch).
         run_eagerly: eager steps, which skip graph tracing (tiny runs).
+        deterministic: deterministic ops (`op_determinism`), so the same
+            seed gives the same weights and submission bytes on CPU. On
+            TensorFlow this turns XLA off under `jit_compile="auto"`.
+        tta: test-time augmentation: predictions (test and validation
+            probabilities, held-out test accuracy) are the mean softmax over
+            each image and its one-pixel shifts (`ensemble.TTA_SHIFTS`).
+        pseudo_label: `None`, or a threshold in (0, 1]: `train_run` trains,
+            labels the test images whose top probability reaches it, then
+            trains a fresh model on the training split plus those images.
     """
 
     epochs: int = 40
@@ -59,9 +67,16 @@ class TrainConfig:
     run_eagerly: bool = False
     distribute: str | None = None
     verbose: int = 1
+    deterministic: bool = False
+    tta: bool = False
+    pseudo_label: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "seed", parse_seed(self.seed))
+        if self.pseudo_label is not None and not 0 < self.pseudo_label <= 1:
+            raise ValueError(
+                f"`pseudo_label` (the confidence threshold) must be in (0, 1]; got {self.pseudo_label}."
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}; got {self.schedule!r}.")
         if not 0 <= self.early_stopping_start < 1:
@@ -153,6 +168,46 @@ def precision_policy(mixed):
         keras.config.set_dtype_policy(previous)
 
 
+@contextlib.contextmanager
+def op_determinism(enabled):
+    """Runs the block with deterministic ops if `enabled`, and puts back the
+    setting that was in force (also when the block raises).
+
+    TensorFlow: `tf.config.experimental.enable_op_determinism()`, under
+    which Keras resolves `jit_compile="auto"` to no XLA (and asking for XLA
+    with `jit_compile=True` is up to XLA's own determinism). Torch:
+    `torch.use_deterministic_algorithms(True)`. JAX: nothing to switch; XLA
+    on CPU is deterministic (on GPU, set
+    `XLA_FLAGS=--xla_gpu_deterministic_ops=true` before starting). Seeds are
+    `fit`'s business (`keras.utils.set_random_seed`).
+    """
+    backend = keras.backend.backend()
+    if not enabled or backend not in ("tensorflow", "torch"):
+        yield
+        return
+    if backend == "tensorflow":
+        # Keras itself reads the switch from here (trainer.model_supports_jit);
+        # the public API has `enable_op_determinism` only.
+        from tensorflow.python.framework import config as tf_config
+
+        was_on = tf_config.is_op_determinism_enabled()
+        tf_config.enable_op_determinism()
+        try:
+            yield
+        finally:
+            if not was_on:
+                tf_config.disable_op_determinism()
+    else:
+        import torch
+
+        was_on = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_on)
+
+
 def learning_rate(train_config, steps_per_epoch):
     """The optimizer's learning rate: a float or a schedule over the steps."""
     if train_config.schedule == "constant":
@@ -203,7 +258,9 @@ def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()
     recipe of `train_config`.
 
     Keras' global seed is set to `train_config.seed` first, so the weights
-    depend on the seed alone. `callbacks` come after the run's own (routing
+    depend on the seed alone; with `train_config.deterministic` the ops are
+    deterministic too (`op_determinism`), so the trained weights are
+    repeatable on CPU. `callbacks` come after the run's own (routing
     statistics, epoch timer, early stopping), so their logs include the
     routing statistics.
 
@@ -213,7 +270,7 @@ def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()
     keras.utils.set_random_seed(train_config.seed)
     # The model's layers keep the policy they were built with, so evaluating
     # or predicting after the block still runs in mixed precision.
-    with precision_policy(train_config.mixed_precision):
+    with op_determinism(train_config.deterministic), precision_policy(train_config.mixed_precision):
         model = build_model(model_config, seed=train_config.seed)
         steps_per_epoch = -(-len(x_train) // train_config.batch_size)
         model.compile(
@@ -241,55 +298,118 @@ def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()
 def train_run(model_config, train_config, source, submission_path, log=print):
     """Trains one model on `source` and writes its submission and run record.
 
-    The submission and the record are each written atomically
-    (`pipelines.records`), so a failed run never replaces a good earlier file.
+    The submission, the probabilities and the record are each written
+    atomically (`pipelines.records`), the record last, so a failed run never
+    replaces a good earlier file and a record means its files are whole.
     The record holds the command line, both configs, the seed, library
     versions, the machine, the metrics (the `RunResult` fields, the history,
-    the routing), and the timings.
+    the routing), the timings, and the outcome of `--tta` and
+    `--pseudo-label` when they are on.
+
+    With `train_config.pseudo_label`, the test images whose top probability
+    reaches the threshold are labelled with the first model's predictions
+    and a fresh model (same seed) is trained on the training split plus
+    them; the held-out labels (`source.test_labels_csv`) are read only to
+    score the finished predictions.
 
     Args:
         model_config: a `ModelConfig`.
         train_config: a `TrainConfig`.
         source: a `pipelines.data.DataSource`.
         submission_path: where the Kaggle submission CSV goes; the JSON run
-            record and PNG plots go beside it (`<stem>.json`, `<stem>-*.png`).
+            record, the probabilities and the PNG plots go beside it
+            (`<stem>.json`, `<stem>.probs.npz`, `<stem>-*.png`).
         log: where the end-of-run summary lines go.
 
     Returns:
         A `RunResult`.
     """
+    with op_determinism(train_config.deterministic):
+        return _train_run(model_config, train_config, source, Path(submission_path), log)
+
+
+def _predictor(model, verbose=0):
+    return lambda images: model.predict(images, batch_size=512, verbose=verbose)
+
+
+def _views(model, images, train_config, verbose=0):
+    """`(views, rows, classes)` probabilities: the image alone, or with
+    `tta` also its shifted copies (the unshifted view first)."""
+    predict = _predictor(model, verbose)
+    if train_config.tta:
+        return ensemble.predict_views(predict, images)
+    return np.asarray(predict(images))[None]
+
+
+def _train_run(model_config, train_config, source, submission_path, log):
     start = time.perf_counter()
     images, labels = data.read_train_csv(source.train_csv)
     test_images = data.read_test_csv(source.test_csv)
-    x_train, y_train, x_val, y_val = data.train_validation_split(
-        images, labels, train_config.validation_fraction, train_config.seed
+    # Split the row numbers (the same split as of the images: it depends on
+    # the labels and the seed alone), so the saved validation probabilities
+    # say which train.csv rows they are.
+    train_index, y_train, val_index, y_val = data.train_validation_split(
+        np.arange(len(images)), labels, train_config.validation_fraction, train_config.seed
     )
+    x_train, x_val = images[train_index], images[val_index]
 
     fit_start = time.perf_counter()
+    pseudo = None
     with distribution_scope(train_config.distribute, model_config):
         model, history, usage, epoch_seconds = fit(
             model_config, train_config, x_train, y_train, x_val, y_val
         )
+        if train_config.pseudo_label is not None:
+            first_test = _views(model, test_images, train_config).mean(axis=0)
+            index, guessed = ensemble.pseudo_labels(first_test, train_config.pseudo_label)
+            _, first_validation_accuracy = model.evaluate(x_val, y_val, batch_size=512, verbose=0)
+            pseudo = {
+                "threshold": train_config.pseudo_label,
+                "test_images": int(len(index)),
+                "test_rows": int(len(test_images)),
+                "class_counts": np.bincount(guessed, minlength=10).tolist(),
+                "retrained": bool(len(index)),
+                "first_pass": {
+                    "validation_accuracy": float(first_validation_accuracy),
+                    "epochs_run": len(history.get("loss", [])),
+                    "epoch_s": [round(s, 3) for s in epoch_seconds],
+                },
+            }
+            first_predictions = ensemble.labels_of(first_test)
+            if len(index):
+                model, history, usage, epoch_seconds = fit(
+                    model_config,
+                    train_config,
+                    np.concatenate([x_train, test_images[index]]),
+                    np.concatenate([y_train, guessed]).astype(y_train.dtype),
+                    x_val,
+                    y_val,
+                )
     fit_seconds = time.perf_counter() - fit_start
 
     # Accuracy of the restored best weights, without augmentation or dropout.
     _, train_accuracy = model.evaluate(x_train, y_train, batch_size=512, verbose=0)
     _, validation_accuracy = model.evaluate(x_val, y_val, batch_size=512, verbose=0)
-    probabilities = model.predict(test_images, batch_size=512, verbose=train_config.verbose)
-    predictions = probabilities.argmax(axis=-1).astype(np.int32)
-    test_accuracy = None
+    test_views = _views(model, test_images, train_config, verbose=train_config.verbose)
+    validation_views = _views(model, x_val, train_config)
+    probabilities = test_views.mean(axis=0)
+    validation_probabilities = validation_views.mean(axis=0)
+    predictions = ensemble.labels_of(probabilities)
+    test_accuracy = truth = None
     if source.test_labels_csv is not None:
         truth = data.read_test_labels(source.test_labels_csv)
         test_accuracy = float((predictions == truth).mean())
 
-    submission_path = Path(submission_path)
     data.write_submission(submission_path, predictions)
+    record_path = submission_path.with_suffix(".json")
+    probabilities_path = ensemble.save_probabilities(
+        ensemble.probabilities_path(record_path), probabilities, validation_probabilities, val_index, y_val
+    )
     total, active = count_parameters(model)
     class_expert = {
         layer.name: routing_counts(model, x_val, y_val, layer=layer, num_classes=10).tolist()
         for layer in moe_layers(model)
     }
-    record_path = submission_path.with_suffix(".json")
     result = RunResult(
         name=model_config.name,
         submission=str(submission_path),
@@ -309,10 +429,14 @@ def train_run(model_config, train_config, source, submission_path, log=print):
         "model_config": asdict(model_config),
         "train_config": asdict(train_config),
         "seed": train_config.seed,
+        "probabilities": str(probabilities_path),
+        # What Keras made of `jit_compile` ("auto" is off under op determinism).
+        "jit_compile": bool(model.jit_compile),
         "data": {
             "origin": source.origin,
             "train_csv": str(source.train_csv),
             "test_csv": str(source.test_csv),
+            "test_labels_csv": None if source.test_labels_csv is None else str(source.test_labels_csv),
             "train_rows": int(len(x_train)),
             "validation_rows": int(len(x_val)),
             "test_rows": int(len(test_images)),
@@ -328,6 +452,19 @@ def train_run(model_config, train_config, source, submission_path, log=print):
         "expert_usage": usage.rows,
         "class_expert_counts": class_expert,
     }
+    if train_config.tta:
+        record["tta"] = {
+            "shifts": [list(shift) for shift in ensemble.TTA_SHIFTS],
+            "validation_accuracy": ensemble.accuracy(validation_probabilities, y_val),
+            "validation_accuracy_without": ensemble.accuracy(validation_views[0], y_val),
+            "test_accuracy": test_accuracy,
+            "test_accuracy_without": None if truth is None else ensemble.accuracy(test_views[0], truth),
+        }
+    if pseudo is not None:
+        pseudo["first_pass"]["test_accuracy"] = (
+            None if truth is None else float((first_predictions == truth).mean())
+        )
+        record["pseudo_label"] = pseudo
     records.write_json_atomically(record_path, record)
     _plot_run(record, submission_path)
     for line in summary_lines(record):
@@ -381,9 +518,25 @@ def summary_lines(record):
             f"experts        {layer}: load [{loads}]  entropy {row['entropy']:.3f}"
             f" of {row['max_entropy']:.3f}  dead {row['dead_experts']}"
         )
+    tta = record.get("tta")
+    if tta:
+        lines.append(
+            f"tta            validation {tta['validation_accuracy']:.4f} over {len(tta['shifts'])} views, "
+            f"{tta['validation_accuracy_without']:.4f} without"
+        )
+    pseudo = record.get("pseudo_label")
+    if pseudo:
+        lines.append(
+            f"pseudo-labels  {pseudo['test_images']} of {pseudo['test_rows']} test images at "
+            f">= {pseudo['threshold']:g}; first pass validation "
+            f"{pseudo['first_pass']['validation_accuracy']:.4f}"
+            + ("" if pseudo["retrained"] else " (none confident: not retrained)")
+        )
     lines += [
         f"time           {record['wall_time_s']:.1f} s, {record['epochs_run']} epochs",
         f"submission     {record['submission']}",
         f"run record     {record['record']}",
     ]
+    if record.get("probabilities"):
+        lines.append(f"probabilities  {record['probabilities']}")
     return lines

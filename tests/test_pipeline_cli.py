@@ -94,9 +94,9 @@ def test_grid_trains_each_config_once_and_resumes(tmp_path, monkeypatch, capsys)
     args = ["--grid", "--arch", "mlp", "--data", str(source), "--out", str(out_dir), *FAST]
     assert cli.main(args) == 0
     records = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.json")}
-    assert set(records) == {"mlp-moe1of2-h4-s0.json", "mlp-dense-h64.json"}
+    assert set(records) == {"mlp-moe1of2-h4-s0.json", "mlp-dense-h64.json", "grid-ensemble.json"}
     table = pd.read_csv(out_dir / "grid-results.csv")
-    assert table["Model"].tolist() == ["MoE(1,2)", "Dense baseline"]
+    assert table["Model"].tolist() == ["MoE(1,2)", "Dense baseline", "Ensemble (mean of 2)"]
     assert {"Training accuracy", "Validation accuracy", "Public Score", "Score Difference",
             "Params (total)", "Params (active)", "Time (s)"} <= set(table.columns)
     assert "| Model |" in (out_dir / "grid-results.md").read_text()
@@ -237,8 +237,8 @@ def test_interrupted_grid_exits_130_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train, "train_run", interrupted_on_the_second)
     assert cli.main(args) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
-    assert sorted(p.name for p in out_dir.iterdir() if p.suffix in (".csv", ".json", ".md", ".tmp")) == [
-        "mlp-moe1of2-h4-s0.csv", "mlp-moe1of2-h4-s0.json"]
+    assert sorted(p.name for p in out_dir.iterdir() if p.suffix in (".csv", ".json", ".md", ".npz", ".tmp")) == [
+        "mlp-moe1of2-h4-s0.csv", "mlp-moe1of2-h4-s0.json", "mlp-moe1of2-h4-s0.probs.npz"]
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]
     finished = (out_dir / "mlp-moe1of2-h4-s0.json").stat().st_mtime_ns
 
@@ -247,7 +247,8 @@ def test_interrupted_grid_exits_130_and_resumes(tmp_path, monkeypatch, capsys):
     output = capsys.readouterr().out
     assert "mlp-moe1of2-h4-s0: finished earlier, not retrained" in output and "training mlp-dense-h64" in output
     assert (out_dir / "mlp-moe1of2-h4-s0.json").stat().st_mtime_ns == finished
-    assert pd.read_csv(out_dir / "grid-results.csv")["Model"].tolist() == ["MoE(1,2)", "Dense baseline"]
+    assert pd.read_csv(out_dir / "grid-results.csv")["Model"].tolist() == [
+        "MoE(1,2)", "Dense baseline", "Ensemble (mean of 2)"]
 
 
 def test_interrupted_wait_for_the_score_keeps_the_ref(tmp_path, kaggle_server, monkeypatch, capsys):

@@ -244,9 +244,12 @@ def test_run_record_has_command_config_seed_versions_machine_metrics_timings(tmp
 
 
 def test_train_uses_the_projects_one_writer():
-    # pipelines/cli.py imports the writer from pipelines.train for now.
-    assert train.write_text_atomically is records.write_text_atomically
-    for copy in ("write_json_atomically", "device_description", "library_versions", "_json_default"):
+    from pipelines import cli
+
+    # pipelines/cli.py imports the writer from pipelines.records, not from here.
+    assert cli.write_text_atomically is records.write_text_atomically
+    for copy in ("write_text_atomically", "write_bytes_atomically", "write_json_atomically",
+                 "device_description", "library_versions", "_json_default"):
         assert not hasattr(train, copy), copy
 
 
