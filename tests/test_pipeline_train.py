@@ -271,3 +271,168 @@ def test_study_run_log_records_machine_and_versions_and_upgrades_an_old_log(tmp_
     assert new["wall_seconds"] == "61" and new["quick"] == "False"
     assert json.loads(new["machine"]) == json.loads(json.dumps(records.machine_description()))
     assert json.loads(new["versions"]) == records.library_versions()
+
+
+# Saved probabilities, TTA, pseudo-labels ------------------------------------------
+
+
+def test_splitting_row_numbers_splits_the_images_the_same_way():
+    images, labels = _tiny_images(rows=50)
+    x_train, y_train, x_val, y_val = data.train_validation_split(images, labels, 0.2, 3)
+    train_index, y_train2, val_index, y_val2 = data.train_validation_split(np.arange(50), labels, 0.2, 3)
+    np.testing.assert_array_equal(images[train_index], x_train)
+    np.testing.assert_array_equal(images[val_index], x_val)
+    np.testing.assert_array_equal(y_train2, y_train)
+    np.testing.assert_array_equal(y_val2, y_val)
+
+
+def test_run_saves_test_and_validation_probabilities_beside_its_record(tmp_path):
+    from pipelines import ensemble
+
+    source = _tiny_source(tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0)
+    train.train_run(TINY_MLP, config, source, tmp_path / "out" / "run.csv", log=lambda line: None)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["probabilities"] == str(tmp_path / "out" / "run.probs.npz")
+    assert record["data"]["test_labels_csv"] == str(source.test_labels_csv)
+    assert "tta" not in record and "pseudo_label" not in record
+    saved = ensemble.load_probabilities(record["probabilities"])
+    assert saved["test"].shape == (12, 10) and saved["validation"].shape == (6, 10)
+    np.testing.assert_allclose(saved["test"].sum(axis=1), 1, atol=1e-2)
+    # The validation rows are train.csv's rows with their labels (row r has label r % 10).
+    index = saved["validation_index"]
+    assert len(set(index.tolist())) == 6 == record["data"]["validation_rows"]
+    assert saved["validation_labels"].tolist() == (index % 10).tolist()
+    # The submission is the argmax of the saved (float16) probabilities, up to near-ties.
+    submitted = pd.read_csv(record["submission"])["Label"].to_numpy()
+    top2 = np.sort(saved["test"], axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2e-3
+    np.testing.assert_array_equal(submitted[clear], saved["test"].argmax(axis=1)[clear])
+
+
+def test_tta_run_predicts_the_mean_over_the_shifted_images(tmp_path, monkeypatch):
+    from pipelines import ensemble
+
+    spy = _Events(monkeypatch)
+    source = _tiny_source(tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, tta=True)
+    lines = []
+    train.train_run(TINY_MLP, config, source, tmp_path / "run.csv", log=lines.append)
+    record = json.loads((tmp_path / "run.json").read_text())
+    tta = record["tta"]
+    assert tta["shifts"] == [[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]]
+    saved = ensemble.load_probabilities(tmp_path / "run.probs.npz")
+    ((_, _, model),) = spy.fits
+    test_images = data.read_test_csv(source.test_csv)
+    shifted = [ensemble.shift_images(test_images, dy, dx) for dy, dx in tta["shifts"]]
+    by_hand = np.mean([model.predict(x, verbose=0) for x in shifted], axis=0)
+    np.testing.assert_allclose(saved["test"], by_hand, atol=1e-3)
+    assert np.abs(by_hand - model.predict(test_images, verbose=0)).max() > 1e-3  # TTA changed something
+    truth = data.read_test_labels(source.test_labels_csv)
+    submitted = pd.read_csv(tmp_path / "run.csv")["Label"].to_numpy()
+    assert tta["test_accuracy"] == record["test_accuracy"] == pytest.approx((submitted == truth).mean())
+    assert 0 <= tta["test_accuracy_without"] <= 1 and 0 <= tta["validation_accuracy_without"] <= 1
+    assert tta["validation_accuracy"] == pytest.approx(
+        ensemble.accuracy(saved["validation"], saved["validation_labels"]), abs=1 / 6)
+    assert record["train_config"]["tta"] is True
+    assert any(line.startswith("tta ") and "over 5 views" in line for line in lines)
+
+
+class _Events:
+    """Spies on `fit` and on reading the held-out labels, in order."""
+
+    def __init__(self, monkeypatch):
+        self.events, self.fits = [], []
+        real_fit, real_labels = train.fit, data.read_test_labels
+
+        def fit(model_config, train_config, x, y, *rest, **kwargs):
+            self.events.append("fit")
+            result = real_fit(model_config, train_config, x, y, *rest, **kwargs)
+            self.fits.append((x, y, result.model))
+            return result
+
+        def read_test_labels(path):
+            self.events.append("held-out labels")
+            return real_labels(path)
+
+        monkeypatch.setattr(train, "fit", fit)
+        monkeypatch.setattr(data, "read_test_labels", read_test_labels)
+
+
+def test_pseudo_labels_train_a_second_model_on_the_confident_test_images(tmp_path, monkeypatch):
+    spy = _Events(monkeypatch)
+    source = _tiny_source(tmp_path / "data")
+    test_images = data.read_test_csv(source.test_csv)
+    # Every top probability of 10 classes is at least 0.1: all 12 test images qualify.
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, pseudo_label=0.1)
+    lines = []
+    train.train_run(TINY_MLP, config, source, tmp_path / "run.csv", log=lines.append)
+    # The held-out labels are read once, after both fits, to score.
+    assert spy.events == ["fit", "fit", "held-out labels"]
+    (x1, y1, first_model), (x2, y2, second_model) = spy.fits
+    assert first_model is not second_model
+    assert len(x1) == 54 and len(x2) == 54 + 12
+    np.testing.assert_array_equal(x2[:54], x1)
+    np.testing.assert_array_equal(x2[54:], test_images)
+    np.testing.assert_array_equal(y2[:54], y1)
+    guessed = first_model.predict(test_images, verbose=0).argmax(axis=1)
+    np.testing.assert_array_equal(y2[54:], guessed)
+    record = json.loads((tmp_path / "run.json").read_text())
+    pseudo = record["pseudo_label"]
+    assert (pseudo["threshold"], pseudo["test_images"], pseudo["test_rows"], pseudo["retrained"]) == (0.1, 12, 12, True)
+    assert pseudo["class_counts"] == np.bincount(guessed, minlength=10).tolist()
+    truth = np.arange(12) % 10
+    assert pseudo["first_pass"]["test_accuracy"] == pytest.approx((guessed == truth).mean())
+    assert pseudo["first_pass"]["epochs_run"] == 1 and len(pseudo["first_pass"]["epoch_s"]) == 1
+    assert record["data"]["train_rows"] == 54  # the labelled training split, as before
+    assert record["train_config"]["pseudo_label"] == 0.1
+    assert any("pseudo-labels  12 of 12 test images at >= 0.1" in line for line in lines)
+
+
+def test_pseudo_labels_without_a_confident_image_do_not_retrain(tmp_path, monkeypatch):
+    spy = _Events(monkeypatch)
+    source = _tiny_source(tmp_path / "data")
+    # One epoch on random pixels is nowhere near certain of anything.
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, pseudo_label=1.0)
+    train.train_run(TINY_MLP, config, source, tmp_path / "run.csv", log=lambda line: None)
+    assert spy.events == ["fit", "held-out labels"]
+    pseudo = json.loads((tmp_path / "run.json").read_text())["pseudo_label"]
+    assert (pseudo["test_images"], pseudo["retrained"], sum(pseudo["class_counts"])) == (0, False, 0)
+
+
+@pytest.mark.parametrize("threshold", [0, -0.5, 1.5])
+def test_pseudo_label_threshold_must_be_a_probability(threshold):
+    with pytest.raises(ValueError, match="pseudo_label"):
+        TrainConfig(pseudo_label=threshold)
+
+
+# Determinism -------------------------------------------------------------------
+
+
+def test_op_determinism_is_switched_on_for_the_block_and_back_off():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's op determinism switch")
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
+    with train.op_determinism(False):
+        assert not tf_config.is_op_determinism_enabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        with train.op_determinism(True):
+            assert tf_config.is_op_determinism_enabled()
+            with train.op_determinism(True):  # nested: the outer block keeps it on
+                pass
+            assert tf_config.is_op_determinism_enabled()
+            raise RuntimeError("inside")
+    assert not tf_config.is_op_determinism_enabled()
+
+
+def test_deterministic_fit_turns_auto_xla_off_and_is_recorded(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Keras turns XLA off under TensorFlow's op determinism")
+    source = _tiny_source(tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, deterministic=True)
+    train.train_run(TINY_MLP, config, source, tmp_path / "run.csv", log=lambda line: None)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["train_config"]["deterministic"] is True
+    assert record["train_config"]["jit_compile"] == "auto" and record["jit_compile"] is False
