@@ -283,3 +283,140 @@ def test_interrupted_wait_for_the_score_keeps_the_ref(tmp_path, kaggle_server, m
     assert (result.ref, result.status) == (1001, "COMPLETE")
     assert len(kaggle_server.submissions) == 1
     assert json.loads(record_path.read_text())["kaggle"]["public_score"] == pytest.approx(0.98765)
+
+
+# Seeds, new flags --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ["-1", "1.5", "seven", str(2**32)])
+def test_a_bad_seed_is_a_clear_argparse_error(seed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--seed", seed])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seed: A seed must be" in err and "parse_seed" not in err
+
+
+def test_new_training_flags_reach_the_train_config(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run_train", lambda args: seen.append(args) or 0)
+    assert cli.main(["--seed", "007"]) == 0
+    assert cli.main(["--deterministic", "--tta", "--pseudo-label", "--ensemble", "3"]) == 0
+    assert cli.main(["--pseudo-label", "0.9"]) == 0
+    _, plain = cli._configs_from_args(seen[0])
+    assert plain.seed == 7 and type(plain.seed) is int
+    assert (plain.deterministic, plain.tta, plain.pseudo_label, seen[0].ensemble) == (False, False, None, None)
+    _, everything = cli._configs_from_args(seen[1])
+    assert (everything.deterministic, everything.tta, everything.pseudo_label) == (True, True, 0.99)
+    assert seen[1].ensemble == 3
+    assert cli._configs_from_args(seen[2])[1].pseudo_label == 0.9
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--pseudo-label", "1.5"], "threshold in (0, 1]"),
+    (["--ensemble", "0"], "at least 1"),
+    (["--grid", "--ensemble", "2"], "not allowed with argument"),
+    (["ensemble"], "RUN_JSON"),
+])
+def test_bad_ensemble_and_pseudo_label_arguments_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+# Ensembles ---------------------------------------------------------------------
+
+
+def _labels(path):
+    return pd.read_csv(path)["Label"].to_numpy()
+
+
+def _mean_labels(*npz_paths):
+    """The ensemble's labels, from the members' saved probabilities."""
+    from pipelines import ensemble
+
+    return ensemble.labels_of(np.mean([ensemble.load_probabilities(p)["test"].astype(np.float64)
+                                       for p in npz_paths], axis=0))
+
+
+def test_seed_ensemble_bags_its_members_and_rebuilds_without_training(tmp_path, monkeypatch, capsys):
+    from pipelines import train
+
+    source = write_tiny_competition(tmp_path / "data", test_rows=20)
+    out = tmp_path / "ens" / "bag.csv"
+    args = ["--arch", "mlp", "--moe", "1,2", "--hidden", "4", "--seed", "5", "--ensemble", "2",
+            "--data", str(source), "--out", str(out), *FAST]
+    assert cli.main(args) == 0
+    members = [tmp_path / "ens" / f"mlp-moe1of2-h4-s0-seed{seed}" for seed in (5, 6)]
+    records = [json.loads(m.with_suffix(".json").read_text()) for m in members]
+    assert [r["seed"] for r in records] == [5, 6]
+    saved = [np.load(m.with_suffix(".probs.npz")) for m in members]
+    # Bagging: each member held out its own validation rows.
+    assert set(saved[0]["validation_index"].tolist()) != set(saved[1]["validation_index"].tolist())
+    np.testing.assert_array_equal(_labels(out), _mean_labels(*(m.with_suffix(".probs.npz") for m in members)))
+    assert data.validate_submission(out, expected_rows=20) == 20
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["members"] == [str(m.with_suffix(".json")) for m in members]
+    assert record["member_seeds"] == [5, 6]
+    assert record["validation_rows"] == len(set(saved[0]["validation_index"].tolist())
+                                            | set(saved[1]["validation_index"].tolist()))
+    capsys.readouterr()
+
+    # Resumed: both members are kept, and the averaged file comes out the same.
+    first_bytes = out.read_bytes()
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("finished earlier, not retrained") == 2
+    assert out.read_bytes() == first_bytes
+
+    # Rebuilt from the records alone, with training made impossible.
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    rebuilt = tmp_path / "rebuilt.csv"
+    assert cli.main(["ensemble", *(str(m.with_suffix(".json")) for m in members), "--out", str(rebuilt)]) == 0
+    assert rebuilt.read_bytes() == first_bytes
+
+
+def test_grid_writes_its_ensemble_with_a_held_out_score(tmp_path, monkeypatch):
+    source = write_tiny_competition(tmp_path / "data", test_rows=20)
+    truth = np.arange(20) % 10
+    data.write_submission(source / "test_labels.csv", truth)
+    monkeypatch.setattr(cli, "GRID", (((1, 2), 4), (None, 64)))
+    out_dir = tmp_path / "grid"
+    assert cli.main(["--grid", "--arch", "mlp", "--data", str(source), "--out", str(out_dir), *FAST]) == 0
+    members = ("mlp-moe1of2-h4-s0", "mlp-dense-h64")
+    expected = _mean_labels(*(out_dir / f"{m}.probs.npz" for m in members))
+    np.testing.assert_array_equal(_labels(out_dir / "grid-ensemble.csv"), expected)
+    table = pd.read_csv(out_dir / "grid-results.csv")
+    row = table.iloc[-1]
+    assert row["Model"] == "Ensemble (mean of 2)"
+    assert row["Held-out test accuracy"] == pytest.approx(round(100 * (expected == truth).mean(), 2))
+    baseline = table.iloc[1]
+    assert row["Held-out difference"] == pytest.approx(
+        round(100 * (expected == truth).mean() - baseline["Held-out test accuracy"], 2), abs=0.011)
+    assert row["Params (total)"] == table["Params (total)"].iloc[:2].sum()
+    assert row["Submission"] == str(out_dir / "grid-ensemble.csv")
+    # Grid members share one seed, so one validation split: the ensemble's is theirs.
+    record = json.loads((out_dir / "grid-ensemble.json").read_text())
+    assert record["validation_rows"] == json.loads((out_dir / f"{members[0]}.json").read_text())["data"]["validation_rows"]
+    assert row["Validation accuracy"] == pytest.approx(round(100 * record["validation_accuracy"], 2))
+
+
+# Repeatable runs ---------------------------------------------------------------
+
+
+def test_deterministic_runs_repeat_their_submission_bytes_for_a_seed(tmp_path):
+    """The cnn with augmentation and dropout: every random layer in play."""
+    source = write_tiny_competition(tmp_path / "data", test_rows=40)
+    outputs = {}
+    for name, seed in (("first", "3"), ("again", "3"), ("other", "4")):
+        out = tmp_path / f"{name}.csv"
+        assert cli.main(["--moe", "2,3", "--hidden", "8", "--deterministic", "--seed", seed,
+                         "--data", str(source), "--out", str(out), *FAST]) == 0
+        outputs[name] = (out.read_bytes(), np.load(out.with_suffix(".probs.npz"))["test"])
+    assert outputs["first"][0] == outputs["again"][0]
+    np.testing.assert_array_equal(outputs["first"][1], outputs["again"][1])
+    assert outputs["first"][0] != outputs["other"][0]
+    assert json.loads((tmp_path / "first.json").read_text())["train_config"]["deterministic"] is True
