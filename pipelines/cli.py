@@ -146,7 +146,7 @@ def _parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_arguments(commands.add_parser(
         "train", help="train one model, or the reference grid (the default command)",
-        description="Train an MoE(K,N) digit classifier (or the dense baseline, or the grid) "
+        description="Train an MoE(K,N) digit classifier (or the dense baseline, the grid, or N seeds of one config) "
         "and write its submission and run record."))
     submit = commands.add_parser("submit", help="upload a submission file and record its score")
     submit.add_argument("file", type=Path)

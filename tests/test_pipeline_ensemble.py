@@ -218,3 +218,17 @@ def test_a_rebuilt_ensemble_keeps_its_kaggle_score_while_its_file_is_unchanged(t
     assert ensemble.build_ensemble(two_members, out, log=lambda line: None)["kaggle"]["ref"] == 5
     # Member a alone predicts other labels: the old score no longer applies.
     assert "kaggle" not in ensemble.build_ensemble(two_members[:1], out, log=lambda line: None)
+
+
+def test_ensemble_submit_uploads_once_and_keeps_the_score(two_members, tmp_path, kaggle_server, capsys):
+    out = tmp_path / "mean.csv"
+    argv = ["ensemble", *map(str, two_members), "--out", str(out), "--submit"]
+    assert cli.main(argv) == 0
+    assert kaggle_server.uploaded == [out.read_bytes()]
+    kept = json.loads(out.with_suffix(".json").read_text())["kaggle"]
+    assert kept["public_score"] == pytest.approx(0.98765) and kept["message"] == "mean of a, b"
+    assert "Kaggle public score" in capsys.readouterr().out
+    # Rebuilt with the same members: the same file, already scored, is not uploaded again.
+    assert cli.main(argv) == 0
+    assert len(kaggle_server.uploaded) == 1
+    assert json.loads(out.with_suffix(".json").read_text())["kaggle"]["public_score"] == pytest.approx(0.98765)
