@@ -93,6 +93,7 @@ counts = {name: [keras.ops.convert_to_numpy(m.get_layer(name).expert_counts)
           for name in ("moe_conv", "moe_dense")}
 print("RESULT" + json.dumps({
     "mesh": list(dist.device_mesh.shape), "counts": counts,
+    "dense_dispatch": [model.get_layer("moe_dense").resolved_dispatch(t) for t in (True, False)],
     "ref_loss": ref_loss, "loss": loss,
     "weight_diff": max_diff(ref_weights, weights),
     "shards": shards, "uneven": uneven,
@@ -211,6 +212,12 @@ def test_jax_expert_weights_are_split_over_model_axis(jax_result):
         name = path.split("/")[-1]
         if name.startswith(("shared_", "router_")) or name == "expert_counts":
             assert info["shard_shapes"] == [info["shape"]], (path, info)
+
+
+def test_jax_expert_parallel_runs_the_dropless_path(jax_result):
+    # The MoEDense of the shared model (n=8, k=2, defaults) is dropless in
+    # training and at inference, so the match below covers that path.
+    assert jax_result["dense_dispatch"] == ["dropless", "dropless"]
 
 
 def test_jax_expert_parallel_matches_single_device(jax_result):

@@ -39,11 +39,12 @@ class MoEDenseLayerTest(testing.TestCase):
         )
 
     def test_mlp_experts_shared_noise_every_loss_sequence_input(self):
+        # n / k = 4: the default dispatch is dropless sparse.
         self.run_layer_test(
             MoEDense,
             init_kwargs={
                 "units": 5,
-                "num_experts": 4,
+                "num_experts": 8,
                 "top_k": 2,
                 "expert_hidden": 7,
                 "num_shared_experts": 1,
@@ -67,11 +68,12 @@ class MoEDenseLayerTest(testing.TestCase):
         )
 
     def test_expert_dropout(self):
+        # Dropless (n / k = 4): the dropout mask is drawn per token choice.
         self.run_layer_test(
             MoEDense,
             init_kwargs={
                 "units": 5,
-                "num_experts": 4,
+                "num_experts": 8,
                 "top_k": 2,
                 "expert_hidden": 7,
                 "expert_dropout": 0.4,
@@ -132,7 +134,8 @@ class MoEConv2DLayerTest(testing.TestCase):
     def test_sample_routing_sparse(self):
         self.run_layer_test(
             MoEConv2D,
-            init_kwargs={"filters": 4, "kernel_size": 3, "num_experts": 3, "top_k": 2},
+            # 4 experts: `dispatch="auto"` takes the CondConv path.
+            init_kwargs={"filters": 4, "kernel_size": 3, "num_experts": 4, "top_k": 2},
             input_shape=(2, 8, 8, 3),
             call_kwargs={"training": True},
             expected_output_shape=(2, 6, 6, 4),
@@ -619,3 +622,131 @@ def test_count_params_per_token():
     per_expert = 6 * 8 + 8 + 8 * 4 + 4
     assert layer.count_params_per_token() == 6 * 5 + 3 * per_expert + per_expert
     assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 6 * 5 + 6 * per_expert
+
+
+# Dropless by default, masks, precision ------------------------------------
+
+
+def test_defaults_are_sparse_and_dropless_in_training_and_inference():
+    layer = MoEDense(4, num_experts=64, top_k=2, expert_hidden=8)
+    assert layer.resolved_dispatch(training=True) == "dropless"
+    assert layer.resolved_dispatch(training=False) == "dropless"
+    capped = MoEDense(4, num_experts=64, top_k=2, capacity_factor=1.25)
+    assert capped.resolved_dispatch(training=True) == "capacity"
+    assert capped.resolved_dispatch(training=False) == "dropless"
+
+
+def test_inference_runs_the_rung_that_holds_the_busiest_expert(monkeypatch):
+    from moe_keras.dispatch import dropless
+
+    taken = []
+    switch = ops.switch
+
+    def recording(index, branches, *operands):
+        taken.append(int(np_(index)))
+        return switch(index, branches, *operands)
+
+    monkeypatch.setattr(dropless.ops, "switch", recording)
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(4, 128, 16)).astype("float32")
+    layer = MoEDense(16, num_experts=16, top_k=2, expert_hidden=8)
+    dense = MoEDense(16, num_experts=16, top_k=2, expert_hidden=8, dispatch="dense")
+    layer.build(x.shape)
+    dense.build(x.shape)
+    dense.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np_(layer(x)), np_(dense(x)), rtol=1e-4, atol=1e-4)
+    # The busiest expert's load, from NumPy's own top-2 of the router.
+    logits = x.reshape(-1, 16) @ np_(layer.router_kernel)
+    top2 = np.argsort(-logits, axis=1)[:, :2]
+    busiest = np.bincount(top2.ravel(), minlength=16).max()
+    ladder = dropless.bucket_capacities(4 * 128, 16, 2)
+    assert ladder == [72, 80, 96, 128, 256, 512]
+    (index,) = taken
+    assert ladder[index] >= busiest and (index == 0 or ladder[index - 1] < busiest)
+    # Far below the (n, T, d) buffers of a capacity of all T tokens.
+    assert ladder[index] <= 128, (busiest, ladder)
+
+
+def padded_batch(seed, extra):
+    """A (2, 5, 6) batch whose second row has two padded steps, and the same
+    batch with `extra` more padded steps of garbage appended."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, 5, 6)).astype("float32")
+    mask = np.ones((2, 5), bool)
+    mask[1, 3:] = False
+    longer = np.concatenate([x, rng.normal(size=(2, extra, 6)).astype("float32") * 9], axis=1)
+    longer_mask = np.concatenate([mask, np.zeros((2, extra), bool)], axis=1)
+    return (x, mask), (longer, longer_mask)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_experts": 8, "top_k": 2, "expert_hidden": 4},  # dropless
+        {"num_experts": 4, "top_k": 2},  # dense
+        {"num_experts": 8, "top_k": 1, "capacity_factor": 1.0},  # capacity
+        {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0, "dispatch": "dense"},
+    ],
+)
+def test_padding_changes_no_output_loss_or_count(kwargs):
+    (x, mask), (longer, longer_mask) = padded_batch(0, extra=4)
+    layer = MoEDense(
+        3, importance_loss_weight=0.1, diversity_loss_weight=0.1,
+        overflow_loss_weight=0.1, z_loss_weight=0.1, **kwargs,
+    )
+    layer.build(longer.shape)
+    results = []
+    for inputs, m in ((x, mask), (longer, longer_mask)):
+        layer.reset_routing_stats()
+        y = np_(layer(inputs, training=True, mask=m))
+        results.append((y, [float(np_(v)) for v in layer.losses], np_(layer.expert_counts), float(np_(layer.dropped_slots))))
+    (y, losses, counts, dropped), (y2, losses2, counts2, dropped2) = results
+    np.testing.assert_allclose(y2[:, :5][mask], y[mask], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(losses2, losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(counts2, counts)
+    assert dropped2 == dropped
+    # Only the 8 real tokens were counted.
+    assert counts.sum() == 8 * layer.top_k
+
+
+def test_mask_reaches_the_layer_from_an_embedding():
+    keras.utils.set_random_seed(0)
+    ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]])
+    inputs = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(10, 6, mask_zero=True)(inputs)
+    moe = MoEDense(3, num_experts=8, top_k=2, name="moe")
+    model = keras.Model(inputs, moe(h))
+    moe.reset_routing_stats()
+    model(ids, training=True)
+    assert float(np_(ops.sum(moe.expert_counts))) == 8 * 2  # 8 real tokens, k=2
+
+
+def test_mixed_precision_output_matches_float32():
+    x = np.random.default_rng(1).normal(size=(4, 16, 8)).astype("float32")
+    reference = MoEDense(8, num_experts=8, top_k=2, expert_hidden=16)
+    reference.build(x.shape)
+    expected = np_(reference(x))
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        half = MoEDense(8, num_experts=8, top_k=2, expert_hidden=16)
+        half.build(x.shape)
+        half.set_weights(reference.get_weights())
+        got = np_(half(x)).astype("float32")
+        assert half.compute_dtype == "float16"
+        # Routing stays float32, so the same experts are chosen.
+        np.testing.assert_array_equal(np_(half.expert_choices(x)), np_(reference.expert_choices(x)))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=5e-3 * scale)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"capacity_factor": 1.25}, {"dispatch": "dense"}])
+def test_compiled_predictions_equal_eager(kwargs):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 6))
+    h = MoEDense(8, num_experts=8, top_k=2, expert_hidden=5, **kwargs)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    model.compile(loss="mse", jit_compile=True)
+    x = np.random.default_rng(0).normal(size=(6, 10, 6)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), np_(model(x)), rtol=1e-5, atol=1e-5)

@@ -300,7 +300,7 @@ def test_aggregate_mean_and_sample_std():
     assert summary.loc["a", "test_accuracy_std"] == pytest.approx(0.02)  # ddof=1
     assert summary.loc["b", "test_accuracy_std"] == pytest.approx(np.std([0.80, 0.84], ddof=1))
     assert summary.loc["b", "epoch_seconds_std"] == 0.0
-    assert summary.loc["c", "test_accuracy_std"] == 0.0  # one seed: 0, not NaN
+    assert math.isnan(summary.loc["c", "test_accuracy_std"])  # one seed: no spread
     assert summary.loc["a", "seeds"] == 3 and summary.loc["c", "seeds"] == 1
     assert "not_a_column_mean" not in summary.columns
 
@@ -310,3 +310,18 @@ def test_unknown_experiment_exits_2(capsys):
     error = capsys.readouterr().err
     assert "unknown experiment 'nonsense'" in error and "collapse" in error
 
+
+
+def test_aggregate_one_seed_std_is_nan():
+    table = pd.DataFrame({"config": ["a", "a", "c"], "test_accuracy": [0.90, 0.92, 0.5]})
+    summary = aggregate(table, "config", ["test_accuracy"]).set_index("config")
+    assert summary.loc["a", "test_accuracy_std"] == pytest.approx(np.std([0.90, 0.92], ddof=1))
+    assert math.isnan(summary.loc["c", "test_accuracy_std"])  # one seed: no sample std
+
+
+def test_report_prints_na_for_a_one_seed_spread():
+    nan = float("nan")
+    assert report_lib._pct(0.97123, 0.0031) == "97.12 ± 0.31"
+    assert report_lib._pct(0.97123, nan) == "97.12 ± n/a (1 seed)"
+    assert report_lib._pm(0.5, nan) == "0.500 ± n/a (1 seed)"
+    assert report_lib._pm(0.5, 0.0, 2) == "0.50 ± 0.00"  # a real zero spread stays 0

@@ -259,13 +259,21 @@ class MoEDense(MoELayer):
         num_tokens = tokens.shape[0]
         if num_tokens is None:
             num_tokens = ops.shape(tokens)[0]
-        capacity = None
+        capacity = limit = None
         if factor is not None:
-            capacity = routing.expert_capacity(
+            # Buffers are sized for every token (a static shape); padding
+            # must not change which choices are dropped, so the limit
+            # counts only the real tokens.
+            capacity = limit = routing.expert_capacity(
                 num_tokens, self.num_experts, self.top_k, factor
             )
+            if token_mask is not None:
+                real_tokens = ops.sum(ops.cast(token_mask, "int32"))
+                limit = routing.expert_capacity(
+                    real_tokens, self.num_experts, self.top_k, factor
+                )
         result = self.route(
-            tokens, training=training, capacity=capacity, token_mask=token_mask
+            tokens, training=training, capacity=limit, token_mask=token_mask
         )
         if strategy == "dense":
             combine = routing.combine_weights(

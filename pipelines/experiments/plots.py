@@ -109,8 +109,10 @@ def balancing_bars(summary: pd.DataFrame, max_entropy: float, path: Path):
         axis.set_xticks(positions, summary["config"], rotation=30, ha="right")
         axis.set_ylabel(label)
         axis.grid(axis="y", alpha=0.3)
-    low = 100 * (summary["test_accuracy_mean"] - summary["test_accuracy_std"]).min()
-    axes[2].set_ylim(max(0.0, low - 2), 100 * (summary["test_accuracy_mean"] + summary["test_accuracy_std"]).max() + 1)
+    # One seed has no spread (NaN); the limits only need a number.
+    spread = summary["test_accuracy_std"].fillna(0.0)
+    low = 100 * (summary["test_accuracy_mean"] - spread).min()
+    axes[2].set_ylim(max(0.0, low - 2), 100 * (summary["test_accuracy_mean"] + spread).max() + 1)
     figure.suptitle("Balancing methods on MoE n=3 k=1 (last epoch routing; mean ± std over seeds)")
     _save(figure, path)
 

@@ -156,7 +156,7 @@ def run_configs(configs, dataset, seeds, settings, log=print, on_run=None):
 
 
 def aggregate(frame: pd.DataFrame, by, values) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; 0 for one seed) and seed count per group.
+    """Mean, sample std (ddof=1; NaN for one seed) and seed count per group.
 
     Columns come out as `<value>_mean`, `<value>_std`, plus `seeds`; groups
     keep their first-appearance order.
@@ -165,7 +165,7 @@ def aggregate(frame: pd.DataFrame, by, values) -> pd.DataFrame:
     values = [v for v in values if v in frame.columns]
     grouped = frame.groupby(by, sort=False, dropna=False)
     means = grouped[values].mean().add_suffix("_mean")
-    stds = grouped[values].std(ddof=1).fillna(0.0).add_suffix("_std")
+    stds = grouped[values].std(ddof=1).add_suffix("_std")
     out = means.join(stds)
     out["seeds"] = grouped.size()
     ordered = [c for v in values for c in (f"{v}_mean", f"{v}_std")] + ["seeds"]

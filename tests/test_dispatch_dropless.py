@@ -1,0 +1,200 @@
+"""Dropless dispatch: the sort, the bucket ladder, the grouped matmul, the
+engines' equality with a per-token NumPy mixture (values and gradients,
+eager and compiled), and the one place that picks a strategy."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from moe_keras import dispatch
+from moe_keras import routing
+
+from conftest import gradients
+
+
+def np_(x):
+    return ops.convert_to_numpy(x)
+
+
+def test_sort_ranks_choices_within_experts_and_skips_masked_tokens():
+    indices = np.array([[0, 1], [0, 2], [1, 0], [0, 1], [2, 1]], "int32")
+    choices = dispatch.sort_by_expert(indices, 3)
+    # Expert 0 is chosen by (t0,j0), (t1,j0), (t2,j1), (t3,j0): ranks 0..3.
+    np.testing.assert_array_equal(np_(choices.positions), [[0, 0], [1, 0], [1, 2], [3, 2], [1, 3]])
+    np.testing.assert_array_equal(np_(choices.group_sizes), [4, 4, 2])
+    # Token 1 masked: its two choices take no rank, the others close up.
+    masked = dispatch.sort_by_expert(indices, 3, token_mask=np.array([1, 0, 1, 1, 1]))
+    np.testing.assert_array_equal(np_(masked.group_sizes), [3, 4, 1])
+    np.testing.assert_array_equal(np_(masked.valid)[:, 0], [1, 0, 1, 1, 1])
+    positions = np_(masked.positions)
+    assert positions[0, 0] == 0 and positions[2, 1] == 1 and positions[3, 0] == 2
+    assert positions[4, 0] == 0  # expert 2's only real choice
+
+
+def test_bucket_ladder():
+    # Mean load 4096 * 2 / 64 = 128: rungs at 1.125, 1.25, 1.5, 2, 4 x 128, then T.
+    assert dispatch.bucket_capacities(4096, 64, 2) == [144, 160, 192, 256, 512, 4096]
+    # Rungs never pass T and never repeat: n=2, k=2 means every expert can take all.
+    assert dispatch.bucket_capacities(10, 2, 2) == [10]
+    assert dispatch.bucket_capacities(7, 4, 1) == [2, 3, 4, 7]
+
+
+def reference_mixture(tokens, kernels, weights, indices, mask=None):
+    """`sum_j w[t, j] * tokens[t] @ kernels[i[t, j]]`, token by token."""
+    out = np.zeros((len(tokens), kernels.shape[-1]), "float64")
+    for t in range(len(tokens)):
+        if mask is not None and not mask[t]:
+            continue
+        for j in range(indices.shape[1]):
+            out[t] += weights[t, j] * tokens[t] @ kernels[indices[t, j]]
+    return out
+
+
+def problem(seed, num_tokens=24, features=5, units=3, num_experts=6, k=2, skew=None):
+    rng = np.random.default_rng(seed)
+    tokens = rng.normal(size=(num_tokens, features)).astype("float32")
+    kernels = rng.normal(size=(num_experts, features, units)).astype("float32")
+    logits = rng.normal(size=(num_tokens, num_experts)).astype("float32")
+    if skew is not None:
+        logits[:, skew] += 50.0  # every token's first choice: expert `skew`
+    weights, indices = routing.top_k_routing(routing.router_probabilities(logits), k)
+    return tokens, kernels, np_(weights), np_(indices)
+
+
+def bucket_engine(tokens, kernels, weights, indices, mask=None):
+    """Linear experts through the bucketed-capacity engine."""
+    choices = dispatch.sort_by_expert(indices, kernels.shape[0], mask)
+    capacities = dispatch.bucket_capacities(tokens.shape[0], kernels.shape[0], indices.shape[1])
+    return dispatch.bucketed_mixture(
+        tokens, indices, weights, choices,
+        lambda buffers, layout: ops.einsum("etd,edu->etu", buffers, kernels),
+        kernels.shape[0], capacities)
+
+
+def exact_engine(tokens, kernels, weights, indices, mask=None):
+    """One capacity, the busiest expert's load (TensorFlow graphs)."""
+    choices = dispatch.sort_by_expert(indices, kernels.shape[0], mask)
+    capacity = ops.maximum(ops.max(choices.group_sizes), 1)
+    return dispatch.bucketed_mixture(
+        tokens, indices, weights, choices,
+        lambda buffers, layout: ops.einsum("etd,edu->etu", buffers, kernels),
+        kernels.shape[0], [capacity])
+
+
+def grouped_engine(tokens, kernels, weights, indices, mask=None):
+    """Linear experts through sorted rows and the grouped matmul."""
+    choices = dispatch.sort_by_expert(indices, kernels.shape[0], mask)
+    return dispatch.sorted_mixture(
+        tokens, indices, weights, choices,
+        lambda rows, plan, layout: dispatch.grouped_matmul(rows, kernels, plan.group_sizes),
+        kernels.shape[0])
+
+
+ENGINES = [bucket_engine, exact_engine, grouped_engine]
+CASES = {
+    "spread": {},
+    # Expert 0 takes every token's first choice; with k=1 the other five
+    # get no token at all.
+    "one_expert_takes_all": {"skew": 0, "k": 1},
+    "one_expert_in_every_token": {"skew": 0, "k": 2},
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("case", CASES)
+def test_engines_equal_the_per_token_mixture(engine, case):
+    tokens, kernels, weights, indices = problem(1, **CASES[case])
+    if case == "one_expert_takes_all":
+        assert set(indices[:, 0]) == {0}
+    expected = reference_mixture(tokens, kernels, weights, indices)
+    np.testing.assert_allclose(np_(engine(tokens, kernels, weights, indices)), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda f: f.__name__)
+def test_engines_give_masked_tokens_nothing(engine):
+    tokens, kernels, weights, indices = problem(2)
+    mask = np.ones(len(tokens), "float32")
+    mask[[0, 5, 6, 23]] = 0
+    expected = reference_mixture(tokens, kernels, weights, indices, mask)
+    got = np_(engine(tokens, kernels, weights, indices, mask))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.all(got[[0, 5, 6, 23]] == 0)
+
+
+def compiled(function):
+    """`function` compiled by the backend (XLA where it has it)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # Static shapes, as XLA sees them inside a model traced per shape.
+        return tf.function(function, jit_compile=True)
+    pytest.skip(f"no compiler for the {backend} backend")
+
+
+@pytest.mark.parametrize("engine", [bucket_engine, grouped_engine], ids=lambda f: f.__name__)
+def test_engines_compiled_equal_eager(engine):
+    tokens, kernels, weights, indices = problem(3, skew=2, k=2)
+    eager = np_(engine(tokens, kernels, weights, indices))
+    jitted = np_(compiled(engine)(tokens, kernels, weights, indices))
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eager, reference_mixture(tokens, kernels, weights, indices), rtol=1e-4, atol=1e-4)
+
+
+def dense_mixture(tokens, kernels, weights, indices):
+    combine = routing.combine_weights(weights, indices, kernels.shape[0])
+    return dispatch.dense_combine(ops.einsum("td,edu->etu", tokens, kernels), combine)
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("case", CASES)
+def test_engine_gradients_equal_dense_dispatch_gradients(engine, case):
+    tokens, kernels, weights, indices = problem(4, **CASES[case])
+
+    def loss(engine_fn):
+        return lambda t, kern, w: ops.sum(ops.sin(engine_fn(t, kern, w, indices)))
+
+    ours = gradients(loss(engine), tokens, kernels, weights)
+    reference = gradients(loss(dense_mixture), tokens, kernels, weights)
+    for got, expected in zip(ours, reference):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(ours[1]).sum() > 0
+
+
+def test_block_grouped_matmul_with_empty_groups_and_trailing_rows():
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(11, 3)).astype("float32")
+    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
+    sizes = np.array([3, 0, 6, 0], "int32")  # rows 9 and 10 belong to no group
+    expected = np.concatenate([rows[:3] @ kernels[0], rows[3:9] @ kernels[2], np.zeros((2, 2))])
+    for block in (1, 2, 4, 16):
+        got = np_(dispatch.block_grouped_matmul(rows, kernels, sizes, block_size=block))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np_(dispatch.grouped_matmul(rows, kernels, sizes)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode,n,k,factor,expected",
+    [
+        ("auto", 8, 2, None, "dropless"),
+        ("auto", 4, 2, None, "dense"),  # n / k = 2: dense at most twice the work
+        ("auto", 5, 3, None, "dense"),
+        ("auto", 64, 1, 1.25, "capacity"),
+        ("auto", 4, 2, 1.25, "dense"),  # buffers would be 62% of the dense work
+        ("sparse", 4, 2, None, "dropless"),
+        ("sparse", 4, 2, 2.0, "capacity"),
+        ("dense", 64, 1, None, "dense"),
+    ],
+)
+def test_choose_dispatch(mode, n, k, factor, expected):
+    assert dispatch.choose_dispatch(mode, n, k, factor) == expected
+
+
+def test_choose_dispatch_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="dispatch"):
+        dispatch.choose_dispatch("fast", 8, 1, None)
