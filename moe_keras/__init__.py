@@ -14,6 +14,7 @@ from moe_keras import usage
 from moe_keras.layers import MoEConv2D
 from moe_keras.layers import MoEDense
 from moe_keras.layers import MoELayer
+from moe_keras.upcycle import upcycle
 from moe_keras.usage import routing_counts
 
 __version__ = "0.1.0"
@@ -27,5 +28,6 @@ __all__ = [
     "losses",
     "routing",
     "routing_counts",
+    "upcycle",
     "usage",
 ]

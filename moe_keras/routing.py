@@ -30,6 +30,32 @@ def router_probabilities(logits):
     return ops.softmax(ops.cast(logits, "float32"), axis=-1)
 
 
+def sigmoid_router_scores(logits):
+    """Per-expert sigmoid scores (DeepSeek-V3), in float32.
+
+    Each expert scores a token on its own, `s_te = sigmoid(logit_te)`,
+    instead of the experts competing in one softmax. Top-k selection then
+    runs on `s + bias` and the chosen experts are mixed by their unbiased
+    scores normalised over the k (`top_k_routing(..., normalize=True)`).
+
+    Args:
+        logits: `(T, n)` router logits.
+
+    Returns:
+        `(T, n)` float32 scores in (0, 1).
+    """
+    return ops.sigmoid(ops.cast(logits, "float32"))
+
+
+def normalized_scores(scores):
+    """Scores divided by their sum over the experts, a distribution per token.
+
+    The balancing losses are written for router probabilities; sigmoid
+    scores enter them in this normalised form.
+    """
+    return scores / (ops.sum(scores, axis=-1, keepdims=True) + 1e-9)
+
+
 def cosine_router_logits(features, kernel, temperature):
     """Cosine-similarity router logits (X-MoE, Chi et al. 2022).
 
@@ -121,12 +147,16 @@ def expert_capacity(num_tokens, num_experts, top_k, capacity_factor):
     return ops.cast(capacity, "int32")
 
 
-def assign_capacity(expert_indices, num_experts, capacity, token_mask=None):
+def assign_capacity(expert_indices, num_experts, capacity, token_mask=None, priority=None):
     """Gives every (token, slot) its position in its expert's buffer.
 
-    Priority follows GShard: all first choices are placed before any second
-    choice, and within a choice rank earlier tokens come first. A slot whose
-    position is at or past `capacity` is dropped.
+    All first choices are placed before any second choice (GShard). Within
+    a choice rank, tokens with a higher `priority` come first: with the
+    router's top score as priority this is V-MoE's batch-prioritised routing
+    (Riquelme et al. 2021), which drops the tokens the router is least sure
+    of rather than the last ones in the batch; without it earlier tokens
+    come first (GShard). A slot whose position is at or past `capacity` is
+    dropped.
 
     Args:
         expert_indices: `(T, k)` int expert indices.
@@ -134,6 +164,8 @@ def assign_capacity(expert_indices, num_experts, capacity, token_mask=None):
         capacity: slots per expert (int or scalar tensor).
         token_mask: optional `(T,)` 0/1; a masked token (padding) takes no
             slot and is not kept.
+        priority: optional `(T,)` float; higher is placed first (ties keep
+            the batch order).
 
     Returns:
         `(positions, keep)`: `(T, k)` int32 positions (0-based) and `(T, k)`
@@ -142,17 +174,56 @@ def assign_capacity(expert_indices, num_experts, capacity, token_mask=None):
     one_hot = ops.one_hot(expert_indices, num_experts)  # (T, k, n)
     if token_mask is not None:
         one_hot = one_hot * ops.cast(token_mask, one_hot.dtype)[:, None, None]
+    if priority is not None:
+        # Negated for a descending order; a stable sort keeps batch order
+        # among equal priorities.
+        order = ops.argsort(-ops.cast(priority, "float32"))
+        one_hot = ops.take(one_hot, order, axis=0)
     rank_major = ops.transpose(one_hot, (1, 0, 2))  # (k, T, n)
     flat = ops.reshape(rank_major, (-1, num_experts))
     # Running count per expert in priority order; minus one makes it 0-based.
     running = ops.cumsum(flat, axis=0) - 1.0
     running = ops.reshape(running, ops.shape(rank_major))
     running = ops.transpose(running, (1, 0, 2))  # (T, k, n)
+    if priority is not None:
+        running = ops.take(running, ops.argsort(order), axis=0)
+        one_hot = ops.take(one_hot, ops.argsort(order), axis=0)
     positions = ops.sum(running * one_hot, axis=-1)
     keep = ops.cast(positions < ops.cast(capacity, positions.dtype), "float32")
     if token_mask is not None:
         keep = keep * ops.cast(token_mask, "float32")[:, None]
     return ops.cast(positions, "int32"), keep
+
+
+def expert_choice_routing(scores, capacity, token_mask=None):
+    """Expert-choice routing (Zhou et al. 2022): every expert takes its top
+    `capacity` tokens.
+
+    The load is balanced by construction (every expert processes exactly
+    `capacity` tokens), while a token may be taken by several experts or by
+    none. An expert chooses among all tokens of the batch, so a token's
+    output depends on later tokens: the routing is not causal and is unfit
+    for autoregressive decoding.
+
+    Args:
+        scores: `(T, n)` router probabilities (or scores).
+        capacity: tokens per expert, a Python int at most `T`.
+        token_mask: optional `(T,)` 0/1; masked tokens are never chosen
+            while real ones are left.
+
+    Returns:
+        `(weights, token_indices)`: `(n, capacity)` float32 mixing weights
+        (the chosen tokens' scores, 0 for a masked token) and `(n,
+        capacity)` int32 token indices, best first.
+    """
+    scores = ops.cast(scores, "float32")
+    per_expert = ops.transpose(scores)  # (n, T)
+    if token_mask is not None:
+        mask = ops.cast(token_mask, "float32")[None, :]
+        per_expert = per_expert * mask - 2.0 * (1.0 - mask)
+    weights, token_indices = ops.top_k(per_expert, k=capacity, sorted=True)
+    weights = ops.maximum(weights, 0.0)
+    return weights, ops.cast(token_indices, "int32")
 
 
 def combine_weights(expert_weights, expert_indices, num_experts, keep=None):

@@ -108,6 +108,47 @@ class MoEDenseLayerTest(testing.TestCase):
             expected_num_losses=1,
         )
 
+    def test_sigmoid_router_with_loss_free_bias(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={
+                "units": 5,
+                "num_experts": 8,
+                "top_k": 2,
+                "router_activation": "sigmoid",
+                "bias_update_rate": 0.001,
+            },
+            input_shape=(2, 4, 6),
+            call_kwargs={"training": True},
+            expected_output_shape=(2, 4, 5),
+            expected_num_trainable_weights=3,
+            # selection_bias, expert_counts, dropped_slots
+            expected_num_non_trainable_weights=3,
+            expected_num_seed_generators=0,
+            expected_num_losses=1,
+        )
+
+    def test_expert_choice(self):
+        self.run_layer_test(
+            MoEDense,
+            init_kwargs={
+                "units": 5,
+                "num_experts": 4,
+                "top_k": 2,
+                "expert_hidden": 3,
+                "selection": "expert_choice",
+                "z_loss_weight": 0.001,
+            },
+            input_shape=(2, 4, 6),
+            call_kwargs={"training": True},
+            expected_output_shape=(2, 4, 5),
+            expected_num_trainable_weights=5,
+            expected_num_non_trainable_weights=2,
+            expected_num_seed_generators=0,
+            # the z-loss only: expert choice is balanced by construction
+            expected_num_losses=1,
+        )
+
     def test_sparse_capacity(self):
         self.run_layer_test(
             MoEDense,
@@ -750,3 +791,96 @@ def test_compiled_predictions_equal_eager(kwargs):
     model.compile(loss="mse", jit_compile=True)
     x = np.random.default_rng(0).normal(size=(6, 10, 6)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), np_(model(x)), rtol=1e-5, atol=1e-5)
+
+
+# Routers: sigmoid scores, expert choice, batch priority --------------------
+
+
+def softmax_np(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_expert_choice_layer_equals_numpy():
+    x = np.random.default_rng(5).normal(size=(12, 4)).astype("float32")
+    layer = MoEDense(3, num_experts=3, top_k=1, selection="expert_choice")
+    y = np_(layer(x))
+    probs = softmax_np(x @ np_(layer.router_kernel))
+    w, b = np_(layer.experts["kernel"]), np_(layer.experts["bias"])
+    capacity = 4  # ceil(1.0 * 12 * 1 / 3)
+    expected = np.zeros((12, 3))
+    for e in range(3):
+        for t in np.argsort(-probs[:, e], kind="stable")[:capacity]:
+            expected[t] += probs[t, e] * (x[t] @ w[e] + b[e])
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_expert_choice_is_refused_with_a_causal_mask():
+    layer = MoEDense(3, num_experts=2, selection="expert_choice")
+    with pytest.raises(ValueError, match="cannot be causal"):
+        layer(np.zeros((2, 5, 4), "float32"), use_causal_mask=True)
+    # Token choice is causal: each position routes on its own.
+    MoEDense(3, num_experts=2)(np.zeros((2, 5, 4), "float32"), use_causal_mask=True)
+
+
+def test_sigmoid_layer_mixes_normalised_sigmoid_scores():
+    x = np.random.default_rng(6).normal(size=(7, 4)).astype("float32")
+    layer = MoEDense(2, num_experts=4, top_k=2, router_activation="sigmoid")
+    y = np_(layer(x))
+    scores = 1 / (1 + np.exp(-(x @ np_(layer.router_kernel))))
+    w, b = np_(layer.experts["kernel"]), np_(layer.experts["bias"])
+    expected = np.zeros((7, 2))
+    for t in range(7):
+        top = np.argsort(-scores[t])[:2]
+        weights = scores[t, top] / scores[t, top].sum()
+        expected[t] = sum(weights[j] * (x[t] @ w[top[j]] + b[top[j]]) for j in range(2))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"router_activation": "sigmoid", "top_k": 2},
+        {"selection": "expert_choice", "top_k": 1},
+    ],
+)
+def test_new_routers_train_the_router_on_every_backend(kwargs):
+    from conftest import gradients
+
+    x = np.random.default_rng(7).normal(size=(16, 4)).astype("float32")
+    layer = MoEDense(3, num_experts=4, switch_loss_weight=0.0, **kwargs)
+    layer.build(x.shape)
+    (grad,) = gradients(
+        lambda r: ops.sum(ops.square(_stateless(layer, r, x))),
+        np_(layer.router_kernel),
+    )
+    assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
+
+
+def _stateless(layer, router_kernel, x):
+    """The layer's output with the router kernel as an argument."""
+    trainable = [router_kernel if v is layer.router_kernel else v for v in layer.trainable_variables]
+    trainable = [ops.convert_to_tensor(v) for v in trainable]
+    non_trainable = [ops.convert_to_tensor(v) for v in layer.non_trainable_variables]
+    outputs, _ = layer.stateless_call(trainable, non_trainable, x)
+    return outputs
+
+
+def test_batch_prioritised_capacity_in_the_layer():
+    # Six tokens prefer expert 0, capacity 2: by score the two with the
+    # highest top probability keep their expert, by position tokens 0 and 1.
+    rng = np.random.default_rng(8)
+    x = np.abs(rng.normal(size=(6, 3))).astype("float32")
+    results = {}
+    for priority in ("score", "position"):
+        layer = MoEDense(2, num_experts=3, capacity_factor=1.0, capacity_priority=priority,
+                         dispatch="sparse", switch_loss_weight=0.0)
+        layer.build(x.shape)
+        router = np.zeros((3, 3), "float32")
+        router[:, 0] = 2.0
+        layer.router_kernel.assign(router)
+        y = np_(layer(x, training=True))
+        results[priority] = np.abs(y).sum(axis=1) > 0
+    top_probability = softmax_np(x @ router).max(axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(results["position"]), [0, 1])
+    np.testing.assert_array_equal(np.flatnonzero(results["score"]), np.sort(np.argsort(-top_probability)[:2]))

@@ -95,3 +95,51 @@ def test_cosine_router_logits_match_numpy_and_are_bounded():
     np.testing.assert_allclose(scaled, logits, rtol=1e-4, atol=1e-4)
     aligned = np_(routing.cosine_router_logits(kernel.T, kernel, 0.5))
     np.testing.assert_allclose(np.diag(aligned), 2.0, rtol=1e-4)
+
+
+# Routers the field uses now -------------------------------------------------
+
+
+def test_sigmoid_scores_select_on_score_plus_bias_and_mix_unbiased_scores():
+    logits = np.array([[2.0, 0.0, -1.0, 1.0], [0.0, 0.5, 3.0, -2.0]], "float32")
+    bias = np.array([0.0, 0.6, 0.0, 0.0], "float32")
+    scores = routing.sigmoid_router_scores(logits)
+    sig = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(ops.convert_to_numpy(scores), sig, rtol=1e-6)
+    weights, indices = routing.top_k_routing(scores, 2, bias, normalize=True)
+    # Token 0: scores .881 .5 .269 .731, + bias on expert 1 -> 1.1: picks 1 then 0.
+    # Token 1: .5 .622 .953 .119, + bias -> 1.222 for expert 1: picks 1 then 2.
+    np.testing.assert_array_equal(ops.convert_to_numpy(indices), [[1, 0], [1, 2]])
+    expected = np.array([[sig[0, 1], sig[0, 0]], [sig[1, 1], sig[1, 2]]])
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(weights), expected, rtol=1e-5)
+
+
+def test_expert_choice_takes_each_experts_top_tokens():
+    probs = np.array(
+        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]], "float32"
+    )
+    weights, tokens = routing.expert_choice_routing(probs, capacity=2)
+    # Expert 0's top two tokens are 0 (.7) and 2 (.5); expert 1: 1 and 2; expert 2: 3, then 0 (tie .1 -> first).
+    np.testing.assert_array_equal(ops.convert_to_numpy(tokens)[:2], [[0, 2], [1, 2]])
+    assert ops.convert_to_numpy(tokens)[2, 0] == 3
+    np.testing.assert_allclose(ops.convert_to_numpy(weights)[:2], [[0.7, 0.5], [0.8, 0.4]], rtol=1e-6)
+    # A masked token is never chosen while real ones are left.
+    weights, tokens = routing.expert_choice_routing(probs, 2, token_mask=np.array([0, 1, 1, 1]))
+    assert 0 not in ops.convert_to_numpy(tokens)
+
+
+def test_batch_prioritised_capacity_keeps_the_most_confident_tokens():
+    # Four tokens all on expert 0, capacity 2. By position tokens 0 and 1
+    # keep their slots; by priority the two most confident (3 and 1).
+    indices = np.zeros((4, 1), "int32")
+    _, by_position = routing.assign_capacity(indices, 2, 2)
+    np.testing.assert_array_equal(ops.convert_to_numpy(by_position)[:, 0], [1, 1, 0, 0])
+    priority = np.array([0.3, 0.8, 0.1, 0.9], "float32")
+    positions, by_score = routing.assign_capacity(indices, 2, 2, priority=priority)
+    np.testing.assert_array_equal(ops.convert_to_numpy(by_score)[:, 0], [0, 1, 0, 1])
+    np.testing.assert_array_equal(ops.convert_to_numpy(positions)[:, 0], [2, 1, 3, 0])
+    # First choices still come before any second choice.
+    two = np.array([[0, 1], [1, 0]], "int32")
+    _, keep = routing.assign_capacity(two, 2, 1, priority=np.array([0.1, 0.9], "float32"))
+    np.testing.assert_array_equal(ops.convert_to_numpy(keep), [[1, 0], [1, 0]])

@@ -151,8 +151,11 @@ class MoEDense(MoELayer):
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
         self.dispatch = dispatch
+        # Expert choice sums into a segment count taken from the batch,
+        # which TensorFlow's XLA bridge cannot size for an unknown batch.
         self.supports_jit = dispatch_lib.supports_xla(
-            "dropless" in (self.resolved_dispatch(True), self.resolved_dispatch(False))
+            self.selection == "expert_choice"
+            or "dropless" in (self.resolved_dispatch(True), self.resolved_dispatch(False))
         )
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
@@ -251,9 +254,19 @@ class MoEDense(MoELayer):
         )
         return ops.cast(noise >= self.expert_dropout, "float32")
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs, training=None, mask=None, use_causal_mask=False):
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
         token_mask = None if mask is None else ops.reshape(mask, (-1,))
+        if self.selection == "expert_choice":
+            if use_causal_mask:
+                raise ValueError(
+                    "`selection='expert_choice'` lets every expert choose among "
+                    "all tokens of the batch, later positions included, so it "
+                    "cannot be causal. Use `selection='token_choice'` with "
+                    "`use_causal_mask=True`."
+                )
+            outputs = self._expert_choice(tokens, token_mask, training)
+            return reshape_like(outputs, inputs, (self.units,))
         factor = self.capacity_factor if training else self.eval_capacity_factor
         strategy = self.resolved_dispatch(training)
         num_tokens = tokens.shape[0]
@@ -308,6 +321,31 @@ class MoEDense(MoELayer):
         outputs = self.activation(outputs)
         return reshape_like(outputs, inputs, (self.units,))
 
+    def _expert_choice(self, tokens, token_mask, training):
+        """Every expert runs on the `capacity` tokens it chose; every token
+        sums what its choosers return (zero when none chose it)."""
+        num_tokens = tokens.shape[0]
+        if num_tokens is None:
+            num_tokens = ops.shape(tokens)[0]
+        factor = (self.capacity_factor if training else self.eval_capacity_factor) or 1.0
+        capacity = routing.expert_capacity(num_tokens, self.num_experts, self.top_k, factor)
+        weights, token_indices = self.route_expert_choice(
+            tokens, capacity, training, token_mask
+        )
+        flat = ops.reshape(token_indices, (-1,))
+        buffers = ops.reshape(
+            ops.take(tokens, flat, axis=0), (self.num_experts, -1, tokens.shape[-1])
+        )
+        outputs = self._run_experts(self.experts, buffers, training)
+        outputs = outputs * ops.cast(weights, outputs.dtype)[..., None]
+        outputs = ops.segment_sum(
+            ops.reshape(outputs, (-1, self.units)), flat, num_segments=num_tokens
+        )
+        if self.shared_experts is not None:
+            shared = self._run_experts(self.shared_experts, tokens, training)
+            outputs = outputs + ops.sum(shared, axis=0)
+        return self.activation(outputs)
+
     def _dropless(self, tokens, result, token_mask, training):
         """Every token through all k of its experts, compute `~ T * k`."""
         indices = result.expert_indices
@@ -331,6 +369,15 @@ class MoEDense(MoELayer):
             ),
             token_mask=token_mask,
         )
+
+    @classmethod
+    def from_dense(cls, layer, num_experts, top_k=1, output_layer=None, **moe_kwargs):
+        """Sparse upcycling: a built `MoEDense` whose experts are copies of
+        a trained `Dense` (or of the pair `layer -> output_layer`), with the
+        same output at creation for every `top_k`; see `moe_keras.upcycle`."""
+        from moe_keras.upcycle import from_dense
+
+        return from_dense(layer, num_experts, top_k, output_layer, **moe_kwargs)
 
     def expert_choices(self, inputs):
         """Inference-time top-k expert indices, shape `inputs.shape[:-1] + (k,)`."""

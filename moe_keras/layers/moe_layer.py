@@ -22,6 +22,9 @@ from moe_keras.stats import summarize_counts
 
 ROUTER_NOISE_TYPES = (None, "gaussian", "learned")
 ROUTER_TYPES = ("linear", "cosine")
+ROUTER_ACTIVATIONS = ("softmax", "sigmoid")
+SELECTIONS = ("token_choice", "expert_choice")
+CAPACITY_PRIORITIES = ("score", "position")
 
 
 class Routing(NamedTuple):
@@ -118,6 +121,21 @@ class MoELayer(keras.layers.Layer):
         overflow_loss_weight: coefficient of the over-capacity loss.
         z_loss_weight: coefficient of the router z-loss.
         bias_update_rate: DeepSeek-V3 loss-free balancing rate; 0 disables it.
+        router_activation: `"softmax"` (probabilities over the experts) or
+            `"sigmoid"` (DeepSeek-V3: every expert scores the token on its
+            own; top-k on score + the loss-free bias, the chosen experts
+            mixed by their unbiased scores normalised over the k; the
+            balancing losses see the scores normalised per token).
+        selection: `"token_choice"` (every token picks its top-k experts)
+            or `"expert_choice"` (Zhou et al. 2022: every expert picks its
+            top `capacity_factor * T * k / n` tokens, so the load is
+            balanced by construction; a token may get several experts or
+            none). Expert choice looks at the whole batch, so it is not
+            causal: layers refuse it with `use_causal_mask=True`.
+        capacity_priority: which tokens keep their slots when a capacity
+            factor drops some: `"score"` (V-MoE's batch-prioritised routing:
+            the tokens with the highest top router score) or `"position"`
+            (GShard: the first in the batch).
         router_type: `"linear"` (logits `x W_r`, the usual router) or
             `"cosine"` (logits `cos(x, w_e) / router_temperature`, X-MoE):
             bounded logits that do not saturate the softmax when the
@@ -152,6 +170,9 @@ class MoELayer(keras.layers.Layer):
         bias_update_rate=0.0,
         router_type="linear",
         router_temperature=0.1,
+        router_activation="softmax",
+        selection="token_choice",
+        capacity_priority="score",
         router_initializer="glorot_uniform",
         router_regularizer=None,
         seed=None,
@@ -183,6 +204,16 @@ class MoELayer(keras.layers.Layer):
                 "Received an invalid value for `router_noise`, expected one of "
                 f"{ROUTER_NOISE_TYPES}. Received: router_noise={router_noise!r}"
             )
+        for name, value, allowed in (
+            ("router_activation", router_activation, ROUTER_ACTIVATIONS),
+            ("selection", selection, SELECTIONS),
+            ("capacity_priority", capacity_priority, CAPACITY_PRIORITIES),
+        ):
+            if value not in allowed:
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected one of "
+                    f"{allowed}. Received: {name}={value!r}"
+                )
         if router_type not in ROUTER_TYPES:
             raise ValueError(
                 "Received an invalid value for `router_type`, expected one of "
@@ -228,6 +259,9 @@ class MoELayer(keras.layers.Layer):
         self.z_loss_weight = z_loss_weight
         self.bias_update_rate = bias_update_rate
         self.router_type = router_type
+        self.router_activation = router_activation
+        self.selection = selection
+        self.capacity_priority = capacity_priority
         self.router_temperature = router_temperature
         self.router_initializer = initializers.get(router_initializer)
         self.router_regularizer = regularizers.get(router_regularizer)
@@ -247,7 +281,10 @@ class MoELayer(keras.layers.Layer):
 
     @property
     def normalizes_top_k(self):
-        """The resolved `normalize_top_k` (see the class docstring)."""
+        """The resolved `normalize_top_k` (see the class docstring); sigmoid
+        scores are always normalised over the k, as in DeepSeek-V3."""
+        if self.router_activation == "sigmoid":
+            return True
         if self.normalize_top_k is None:
             return self.top_k > 1
         return self.normalize_top_k
@@ -364,10 +401,14 @@ class MoELayer(keras.layers.Layer):
                     ops.matmul(features, self.noise_kernel)
                 )
             noisy_logits = logits + self.noise_std * noise
-        probabilities = routing.router_probabilities(noisy_logits)
+        if self.router_activation == "sigmoid":
+            scores = routing.sigmoid_router_scores(noisy_logits)
+            probabilities = routing.normalized_scores(scores)
+        else:
+            scores = probabilities = routing.router_probabilities(noisy_logits)
         bias = self.selection_bias if self.bias_update_rate > 0 else None
         weights, indices = routing.top_k_routing(
-            probabilities, self.top_k, bias, self.normalizes_top_k
+            scores, self.top_k, bias, self.normalizes_top_k
         )
         if token_mask is not None:
             token_mask = ops.cast(token_mask, "float32")
@@ -377,8 +418,12 @@ class MoELayer(keras.layers.Layer):
         if capacity is None:
             positions, keep = None, valid
         else:
+            priority = None
+            if self.capacity_priority == "score":
+                top = ops.take_along_axis(scores, indices[:, :1], axis=-1)
+                priority = top[:, 0]
             positions, keep = routing.assign_capacity(
-                indices, self.num_experts, capacity, token_mask
+                indices, self.num_experts, capacity, token_mask, priority
             )
         result = Routing(logits, probabilities, indices, weights, positions, keep)
         if training:
@@ -389,6 +434,36 @@ class MoELayer(keras.layers.Layer):
             self._add_balancing_losses(result, mask, token_mask)
             self._update_routing_state(result, mask, valid)
         return result
+
+    def route_expert_choice(self, features, capacity, training=False, token_mask=None):
+        """Expert-choice routing of `(T, d)` tokens: every expert takes its
+        top `capacity` tokens (`routing.expert_choice_routing`).
+
+        The load is balanced by construction, so no balancing loss is added
+        (the router z-loss is, when set); the counters record the real
+        tokens each expert took.
+
+        Returns:
+            `(weights, token_indices)`, each `(n, capacity)`.
+        """
+        logits = self.router_logits(features)
+        if self.router_activation == "sigmoid":
+            scores = routing.sigmoid_router_scores(logits)
+        else:
+            scores = routing.router_probabilities(logits)
+        weights, token_indices = routing.expert_choice_routing(
+            scores, capacity, token_mask
+        )
+        if training:
+            if self.z_loss_weight > 0:
+                self.add_loss(
+                    self.z_loss_weight * losses.router_z_loss(logits, token_mask)
+                )
+            taken = ops.ones_like(weights)
+            if token_mask is not None:
+                taken = ops.take(ops.cast(token_mask, "float32"), token_indices)
+            self.expert_counts.assign_add(ops.sum(taken, axis=1))
+        return weights, token_indices
 
     def _add_balancing_losses(self, result, mask, token_mask=None):
         probabilities = result.probabilities
@@ -495,6 +570,9 @@ class MoELayer(keras.layers.Layer):
                 "z_loss_weight": self.z_loss_weight,
                 "bias_update_rate": self.bias_update_rate,
                 "router_type": self.router_type,
+                "router_activation": self.router_activation,
+                "selection": self.selection,
+                "capacity_priority": self.capacity_priority,
                 "router_temperature": self.router_temperature,
                 "router_initializer": initializers.serialize(
                     self.router_initializer
