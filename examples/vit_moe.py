@@ -335,9 +335,10 @@ def plot_routing(tables, x, y, config, figure_dir, suffix=""):
     for expert in range(experts):
         ax = axes[1, expert]
         ax.imshow(position_share[:, expert].reshape(grid, grid), cmap="magma", vmin=0, vmax=1)
-        ax.set_title(f"expert {expert}", fontsize=8, color=colors[expert])
+        ax.set_title(f"expert {expert} (max {position_share[:, expert].max():.2f})",
+                     fontsize=8, color=colors[expert])
     figure.suptitle(f"{name}: test patches tinted by first expert (top); share of each patch "
-                    "position's slots per expert, all test images (bottom)", fontsize=9)
+                    "position's slots per expert, dark 0 to light 1, all test images (bottom)", fontsize=9)
     figure.tight_layout()
     path = Path(figure_dir) / f"{PREFIX}_patch_routing{suffix}.png"
     records.save_figure_atomically(figure, path, dpi=110)
@@ -417,7 +418,7 @@ def main(argv=None):
     figure_dir = args.figures or (args.out if args.quick else DEFAULT_FIGURES)
     train, test, source = load_fashion_mnist(config, args.quick, args.data_dir)
     command = "python examples/vit_moe.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    results = {"records": [], "figures": []}
+    results = {"records": [], "figures": [], "test": test}
     for seed in config["seeds"]:
         for kind in ("dense", "moe"):
             started = time.perf_counter()
