@@ -82,7 +82,7 @@ PAD, UNKNOWN = 0, 1  # ids 2.. are the training text's characters
 # The full run: context 128, 4 blocks of 64 features (MoE in blocks 1 and
 # 3), MoE(2 of 4) with expert hidden 64 = dense hidden 128.
 FULL = dict(context=128, dim=64, heads=4, blocks=4, num_experts=4, top_k=2,
-            expert_hidden=64, moe_every=2, epochs=4, batch_size=32,
+            expert_hidden=64, moe_every=2, epochs=6, batch_size=32,
             learning_rate=2e-3, weight_decay=1e-4, warmup_fraction=0.05,
             switch_loss_weight=0.01, held_out_every=10, max_chars=None,
             seeds=[0, 1, 2])
@@ -219,7 +219,9 @@ def parameter_counts(model, config):
     return {"total": total, "active": total - inactive,
             "ffn_weights_per_token": config["blocks"] * k * (d * h + h * d),
             "moe_layers": len(moe),
-            "router_weights": sum(int(np.prod(layer.router_kernel.shape)) for layer in moe)}
+            "router_weights": sum(int(np.prod(layer.router_kernel.shape)) for layer in moe),
+            # What `dispatch="auto"` resolved to in training, per MoE layer.
+            "dispatch": {layer.name: layer.resolved_dispatch(True) for layer in moe}}
 
 
 def bits_per_character(model, inputs, targets, batch_size=64):

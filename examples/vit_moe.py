@@ -216,6 +216,8 @@ def parameter_counts(model, config):
         "ffn_weights_per_token": blocks * k * (d * h + h * d),
         "moe_layers": len(moe),
         "router_weights": sum(int(np.prod(layer.router_kernel.shape)) for layer in moe),
+        # What `dispatch="auto"` resolved to in training, per MoE layer.
+        "dispatch": {layer.name: layer.resolved_dispatch(True) for layer in moe},
     }
 
 
