@@ -277,6 +277,46 @@ def train_one(config, moe, seed, data, vocabulary_size, quick):
     return model, metrics, {"fit_s": fit_s, "eval_s": eval_s, "steps": steps}, routing, usage.rows
 
 
+# ## Which characters go where?
+#
+# `layer.expert_choices` gives each position's experts. We read the MoE
+# layer's input (with `Embedding(mask_zero=True)` upstream the layer's node
+# has two inputs, the tokens and the propagated mask) and count, over the
+# real held-out positions, the characters each expert receives first.
+
+
+def character_routing(model, inputs, vocabulary, top=8):
+    """Per MoE layer and expert: its share of first choices and the
+    characters it receives most often (with the share of that character's
+    positions it gets)."""
+    names = {i: c for c, i in vocabulary.items()}
+    names[UNKNOWN] = "<unk>"
+    found = {}
+    for layer in moe_keras.usage.moe_layers(model):
+        feeder = keras.Model(model.input, layer.input)
+        counts = np.zeros((len(vocabulary) + 2, layer.num_experts), np.int64)
+        for start in range(0, len(inputs), 64):
+            batch = inputs[start:start + 64]
+            tokens = feeder(batch, training=False)
+            if isinstance(tokens, (list, tuple)):
+                tokens = tokens[0]
+            first = keras.ops.convert_to_numpy(layer.expert_choices(tokens))[..., 0]
+            real = batch != PAD
+            np.add.at(counts, (batch[real], first[real]), 1)
+        per_character = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+        experts = []
+        for expert in range(layer.num_experts):
+            order = np.argsort(-counts[:, expert])[:top]
+            experts.append({
+                "share_of_positions": float(counts[:, expert].sum() / counts.sum()),
+                "top_characters": [[names.get(int(i), "?"), int(counts[i, expert]),
+                                    round(float(per_character[i, expert]), 3)]
+                                   for i in order if counts[i, expert]],
+            })
+        found[layer.name] = experts
+    return found
+
+
 # ## Records and the README table
 
 
@@ -368,6 +408,7 @@ def main(argv=None):
             if routing is not None:
                 record["routing"] = routing
                 record["training_load"] = usage_rows
+                record["held_out_character_routing"] = character_routing(model, held_out[0], vocabulary)
             path = Path(args.out) / record_name(kind, seed, args.quick)
             records.write_json_atomically(path, record)
             results["records"].append(path)
