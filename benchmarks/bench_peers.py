@@ -22,9 +22,10 @@ auxiliary losses included) with each model's default `jit_compile="auto"`;
 predict is one `predict_on_batch`. Each pass times `--steps` calls after
 `--warmup` untimed ones and keeps their median; the record keeps every
 pass, and tables quote the median pass with the range. Peak inference
-memory is the rise of the process's peak resident set (`VmHWM`, reset
-through `/proc/self/clear_refs` before each model's predict) over its
-resident set before the call.
+memory is measured in a fresh process per model (`--memory`, Linux): the
+rise of the peak resident set (`VmHWM`) during the first `predict_on_batch`
+over the resident set of the built model before it (so it includes what
+tracing and compiling the predict function take, alike for every model).
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_tf.json
     KERAS_BACKEND=jax python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_jax.json
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed calls per pass")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="passes")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure peak inference memory, one process per model")
+    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     parser.add_argument("--peer-max-repeats-experts", type=int, default=64,
                         help="above this n, KerasHub's block (every expert on every "
                              "token) is timed in the first pass only")
@@ -126,6 +130,45 @@ def peak_rss_rise_mb(call):
     return status("VmHWM:") - before
 
 
+def first_predict_peak_mb(args):
+    """In this process: builds one model and returns the peak RSS rise of
+    its first predict (see the module doc)."""
+    import keras
+
+    name, n, k = args.memory_case.split(",")
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(args.batch, args.seq, args.features)).astype("float32")
+    model = build(name, args, int(n), int(k))
+    return peak_rss_rise_mb(lambda: model.predict_on_batch(x))
+
+
+def memory_in_fresh_processes(args, cases):
+    """`first_predict_peak_mb` of every case, each in a new interpreter."""
+    import json
+    import subprocess
+
+    sizes = ["--batch", str(args.batch), "--seq", str(args.seq),
+             "--features", str(args.features), "--hidden", str(args.hidden)]
+    peaks = {}
+    for case in cases:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-case", ",".join(map(str, case)), *sizes],
+            capture_output=True, text=True, check=True, env=os.environ,
+        ).stdout
+        peaks[case] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+        print(f"memory: {case[0]:18s} n={case[1]:<4d} k={case[2]} {peaks[case]:8.1f} MB", flush=True)
+    return peaks
+
+
+def max_load_ratio(model):
+    """Busiest expert's load over the mean, over every timed train step: the
+    dropless engines' compute follows it (None for models without MoELayer)."""
+    from moe_keras import MoELayer
+
+    layers = [layer for layer in model.layers if isinstance(layer, MoELayer)]
+    return layers[0].routing_stats()["max_load_ratio"] if layers else None
+
+
 def median_ms(call, steps, warmup):
     for _ in range(warmup):
         call()
@@ -146,7 +189,7 @@ def run(args):
              if not (name.startswith("dense_ffn") and n != args.experts[0])]
     models = {case: build(*case[:1], args, *case[1:]) for case in cases}
     passes = {case: {"train_ms": [], "predict_ms": []} for case in cases}
-    memory = {}
+    memory = memory_in_fresh_processes(args, cases) if args.memory else {}
     for index in range(args.repeats):
         for case, model in models.items():
             name, n, _ = case
@@ -159,8 +202,6 @@ def run(args):
                 median_ms(lambda: model.train_on_batch(x, x), steps, warmup))
             passes[case]["predict_ms"].append(
                 median_ms(lambda: model.predict_on_batch(x), steps, warmup))
-            if index == 0:
-                memory[case] = peak_rss_rise_mb(lambda: model.predict_on_batch(x))
             print(f"pass {index}: {name:18s} n={n:<4d} k={case[2]} "
                   f"train {passes[case]['train_ms'][-1]:9.1f} ms  "
                   f"predict {passes[case]['predict_ms'][-1]:9.1f} ms", flush=True)
@@ -170,6 +211,7 @@ def run(args):
         rows.append({"model": name, "n": n, "k": k, **passes[case],
                      "predict_peak_rss_mb": memory.get(case),
                      "jit_compile": bool(models[case].jit_compile),
+                     "train_max_load_ratio": max_load_ratio(models[case]),
                      "params": int(models[case].count_params())})
     return rows
 
@@ -177,6 +219,12 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     import keras
+
+    if args.memory_case:
+        import json
+
+        print(json.dumps({"peak_mb": first_predict_peak_mb(args)}))
+        return None
 
     from pipelines import records
 

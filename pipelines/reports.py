@@ -610,3 +610,114 @@ if __name__ == "__main__":
     from pipelines.reports import main as _main
 
     sys.exit(_main())
+
+
+# Peers (benchmarks/results/peers_*.json, written by benchmarks/bench_peers.py) --
+
+PEER_FILES = {"tensorflow": "peers_cpu_tf.json", "jax": "peers_cpu_jax.json"}
+PEER_TARGETS = (
+    # (what, metric, model over baseline, at most / at least, bound)
+    ("train step over the equal-active Dense FFN", "train_ms", "dense_ffn", "<=", 1.3),
+    ("predict over the equal-active Dense FFN", "predict_ms", "dense_ffn", "<=", 1.2),
+    ("train step, n=64 over n=8", "train_ms", "n8", "<=", 1.15),
+    ("predict, n=64 over n=8", "predict_ms", "n8", "<=", 1.15),
+    ("KerasHub's train step over ours", "train_ms", "keras_hub_mixtral", ">=", 20.0),
+    ("KerasHub's predict over ours", "predict_ms", "keras_hub_mixtral", ">=", 20.0),
+)
+
+
+def _peer_row(run, model, n, k):
+    for row in run["rows"]:
+        if row["model"] == model and row["k"] == k and (row["n"] == n or model.startswith("dense_ffn")):
+            return row
+    return None
+
+
+def _pass_ratios(numerator, denominator, metric):
+    """Ratios pass by pass (the passes interleave the models); with a
+    single-pass side, its one time against every pass of the other."""
+    top, bottom = numerator[metric], denominator[metric]
+    if len(top) == len(bottom):
+        return [a / b for a, b in zip(top, bottom)]
+    return [a / b for a in top for b in bottom]
+
+
+def _ms(row, metric):
+    return "-" if row is None else _spread(row[metric], 0 if statistics.median(row[metric]) >= 100 else 1)
+
+
+def peer_table(run: dict) -> str:
+    header = ["n", "k", "Dense FFN train / predict (ms)", "MoEDense defaults train / predict (ms)",
+              "vs Dense FFN (train / predict)", "MoEDense cf 1.25 train / predict (ms)",
+              "KerasHub Mixtral train / predict (ms)", "KerasHub over ours (train / predict)",
+              "peak predict memory MB (ours / KerasHub)"]
+    rows = []
+    experts = sorted({row["n"] for row in run["rows"]})
+    for n in experts:
+        for k in sorted({row["k"] for row in run["rows"]}):
+            ffn = _peer_row(run, "dense_ffn", n, k)
+            ours = _peer_row(run, "moe_default", n, k)
+            capped = _peer_row(run, "moe_cf1.25", n, k)
+            hub = _peer_row(run, "keras_hub_mixtral", n, k)
+            if ours is None:
+                continue
+            versus = " / ".join(_spread(_pass_ratios(ours, ffn, m)) for m in ("train_ms", "predict_ms")) if ffn else "-"
+            hub_ratio = " / ".join(f"{_spread(_pass_ratios(hub, ours, m), 0)}x" for m in ("train_ms", "predict_ms")) if hub else "-"
+            memory = "-"
+            if ours.get("predict_peak_rss_mb") is not None and hub and hub.get("predict_peak_rss_mb") is not None:
+                memory = f"{ours['predict_peak_rss_mb']:.0f} / {hub['predict_peak_rss_mb']:.0f}"
+            rows.append([n, k, f"{_ms(ffn, 'train_ms')} / {_ms(ffn, 'predict_ms')}",
+                         f"{_ms(ours, 'train_ms')} / {_ms(ours, 'predict_ms')}", versus,
+                         f"{_ms(capped, 'train_ms')} / {_ms(capped, 'predict_ms')}",
+                         f"{_ms(hub, 'train_ms')} / {_ms(hub, 'predict_ms')}", hub_ratio, memory])
+    return markdown_table(header, rows)
+
+
+def peer_verdicts(run: dict, n: int = 64, k: int = 2) -> list[str]:
+    """One line per target at `n`, `k`: the median ratio over passes, its
+    range, and met or missed."""
+    ours = _peer_row(run, "moe_default", n, k)
+    lines = []
+    for what, metric, baseline, sense, bound in PEER_TARGETS:
+        if baseline == "n8":
+            base, top = _peer_row(run, "moe_default", 8, k), ours
+        elif baseline == "keras_hub_mixtral":
+            base, top = ours, _peer_row(run, baseline, n, k)
+        else:
+            base, top = _peer_row(run, baseline, n, k), ours
+        if base is None or top is None:
+            continue
+        ratios = _pass_ratios(top, base, metric)
+        median = statistics.median(ratios)
+        met = median <= bound if sense == "<=" else median >= bound
+        lines.append(f"{what}: {_spread(ratios)} (target {sense} {bound}): {'met' if met else 'missed'}")
+    return lines
+
+
+@report_block("README.md", "peers")
+@report_block("benchmarks/README.md", "peers")
+def peers(records: Records) -> str:
+    parts = []
+    for backend, name in PEER_FILES.items():
+        path = f"{BENCH}/{name}"
+        if path not in records.glob(f"{BENCH}/peers_*.json"):
+            continue
+        run = records.json(path)
+        config = run["config"]
+        machine = run["machine"]
+        versions = run["versions"]
+        parts.append(
+            f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** "
+            f"(`{path}`; tokens ({config['batch']}, {config['seq']}, {config['features']}), "
+            f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
+            f"{machine['accelerator'] or 'no accelerator'}; Keras {versions['keras']}; "
+            f"{run['timings']['total_s']:.0f} s in all). Median over {config['repeats']} interleaved passes "
+            f"of {config['steps']} timed calls, range in brackets; KerasHub above n={config['peer_max_repeats_experts']} "
+            "timed in one pass."
+        )
+        parts.append(peer_table(run))
+        parts.append("At n=64, k=2:\n\n" + "\n".join(f"- {line}" for line in peer_verdicts(run)))
+    if not parts:
+        return "No peer benchmark record is committed yet (`benchmarks/bench_peers.py --json`)."
+    parts.append("Generated by `python -m pipelines.reports` from the records.")
+    return "\n\n".join(parts)
