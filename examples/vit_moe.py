@@ -295,8 +295,10 @@ def plot_routing(tables, x, y, config, figure_dir, suffix=""):
     names = list(tables)
     figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 4.2), squeeze=False)
     for ax, name in zip(axes[0], names):
+        # Each token takes k distinct experts: divide by the class's tokens,
+        # not its slots, so a cell is the share of its tokens using the expert.
         counts = tables[name]["class_expert"].astype(float)
-        share = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+        share = tables[name]["top_k"] * counts / counts.sum(axis=1, keepdims=True).clip(min=1)
         ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (row, col), value in np.ndenumerate(share):
             ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
@@ -305,7 +307,7 @@ def plot_routing(tables, x, y, config, figure_dir, suffix=""):
         ax.set_xlabel("expert")
         ax.set_yticks(range(10))
         ax.set_yticklabels(FASHION_CLASSES, fontsize=8)
-        ax.set_title(f"{name}: share of a class's patch slots", fontsize=9)
+        ax.set_title(f"{name}: share of a class's patch tokens\nthat use each expert (rows sum to k={tables[name]['top_k']})", fontsize=9)
     figure.tight_layout()
     path = Path(figure_dir) / f"{PREFIX}_class_expert{suffix}.png"
     records.save_figure_atomically(figure, path, dpi=110)
@@ -333,14 +335,14 @@ def plot_routing(tables, x, y, config, figure_dir, suffix=""):
         tint = np.kron(tint, np.ones((config["patch_size"], config["patch_size"], 1)))
         axes[0, label].imshow(np.clip(0.55 * image + 0.45 * tint, 0, 1))
         axes[0, label].set_title(FASHION_CLASSES[label], fontsize=8)
-    position_share = table["position_expert"] / table["position_expert"].sum(axis=1, keepdims=True)
+    position_share = table["top_k"] * table["position_expert"] / table["position_expert"].sum(axis=1, keepdims=True)
     for expert in range(experts):
         ax = axes[1, expert]
         ax.imshow(position_share[:, expert].reshape(grid, grid), cmap="magma", vmin=0, vmax=1)
         ax.set_title(f"expert {expert} (max {position_share[:, expert].max():.2f})",
                      fontsize=8, color=colors[expert])
-    figure.suptitle(f"{name}: test patches tinted by first expert (top); share of each patch "
-                    "position's slots per expert, dark 0 to light 1, all test images (bottom)", fontsize=9)
+    figure.suptitle(f"{name}: test patches tinted by first expert (top); per expert, the share of "
+                    "each patch position's tokens that use it, dark 0 to light 1, all test images (bottom)", fontsize=9)
     figure.tight_layout()
     path = Path(figure_dir) / f"{PREFIX}_patch_routing{suffix}.png"
     records.save_figure_atomically(figure, path, dpi=110)

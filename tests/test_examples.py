@@ -207,6 +207,11 @@ def test_char_lm_training_counted_only_real_tokens(char_lm):
         assert counts["padded_tokens_per_epoch"] > 0, "the quick data must contain padding"
         assert counts["slots_last_epoch"] == counts["real_tokens_per_epoch"] * counts["top_k"]
         assert sum(counts["expert_counts"]) == counts["slots_last_epoch"]
+        experts = record["held_out_character_routing"][name]
+        assert len(experts) == record["config"]["num_experts"]
+        assert sum(e["share_of_positions"] for e in experts) == pytest.approx(1.0)
+        # Padding (id 0) has no name: "?" would mean it was counted.
+        assert "?" not in [c for e in experts for c, _, _ in e["top_characters"]]
 
 
 def test_char_lm_padding_takes_no_expert_slot(char_lm):
