@@ -141,7 +141,11 @@ class MoELayer(keras.layers.Layer):
             bounded logits that do not saturate the softmax when the
             features are wide and unnormalised, e.g. a flattened conv map.
         router_temperature: temperature of the cosine router.
-        router_initializer: initializer of the router kernel.
+        router_initializer: initializer of the router kernel. The default,
+            `"orthogonal"`, gives every expert's column the same norm, so no
+            expert is favoured at initialisation: a random column a few
+            percent longer wins the top-k of many tokens when `n` is large,
+            and the dropless engines' compute follows the busiest expert.
         router_regularizer: regularizer of the router kernel.
         seed: seed of the router noise.
         activation: activation applied to the layer output.
@@ -173,7 +177,7 @@ class MoELayer(keras.layers.Layer):
         router_activation="softmax",
         selection="token_choice",
         capacity_priority="score",
-        router_initializer="glorot_uniform",
+        router_initializer="orthogonal",
         router_regularizer=None,
         seed=None,
         activation=None,
