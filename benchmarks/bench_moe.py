@@ -226,7 +226,9 @@ def dense_rows(keras, args):
                 continue
             # Both dispatches compute the same layer (same capacity).
             auto = MoEDense(args.features, num_experts=n, top_k=k,
-                            capacity_factor=args.capacity_factor).resolved_dispatch
+                            capacity_factor=args.capacity_factor).resolved_dispatch(True)
+            # "capacity" (and "dropless") are what this script calls "sparse".
+            auto = "dense" if auto == "dense" else "sparse"
             for dispatch in ("dense", "sparse"):
                 if (dispatch == "dense" and args.dense_max_experts
                         and n > args.dense_max_experts):
@@ -417,15 +419,16 @@ def main(argv=None):
         passes.append(rows)
     rows = median_rows(passes)
     add_ratios(rows)
-    print("\n| layer | dispatch | n | k | fwd+bwd ms | vs_base | vs_n8 "
-          "| step ms | vs_base | vs_n8 | auto |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        print(f"| {r['layer']} | {r['dispatch']} | {r['n'] or '-'} | {r['k'] or '-'} "
-              f"| {_fmt(r.get('fwd_bwd_ms'))} | {_fmt(r.get('fwd_bwd_vs_baseline'))} "
-              f"| {_fmt(r.get('fwd_bwd_vs_n8'))} | {_fmt(r['ms'])} "
-              f"| {_fmt(r.get('vs_baseline'))} | {_fmt(r.get('vs_n8'))} "
-              f"| {'picked' if r.get('auto_picks') else ''} |")
+    from pipelines.records import markdown_table
+
+    print()
+    print(markdown_table(
+        ["layer", "dispatch", "n", "k", "fwd+bwd ms", "vs_base", "vs_n8",
+         "step ms", "vs_base", "vs_n8", "auto"],
+        [[r["layer"], r["dispatch"], r["n"] or "-", r["k"] or "-",
+          _fmt(r.get("fwd_bwd_ms")), _fmt(r.get("fwd_bwd_vs_baseline")),
+          _fmt(r.get("fwd_bwd_vs_n8")), _fmt(r["ms"]), _fmt(r.get("vs_baseline")),
+          _fmt(r.get("vs_n8")), "picked" if r.get("auto_picks") else ""] for r in rows]))
     for line in auto_check(rows):
         print(line)
     if args.json:

@@ -106,3 +106,48 @@ def test_median_rows_takes_each_configurations_median_pass():
     # Pipeline rows time the whole step only and have no fwd_bwd_ms key.
     (row,) = bench.median_rows([[dict(ms=1.0)], [dict(ms=5.0)], [dict(ms=2.0)]])
     assert row["ms"] == 2.0 and "fwd_bwd_ms" not in row
+
+
+def test_peer_benchmark_quick_writes_a_record(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_peers", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "peers.json"
+    record = bench.main(["--quick", "--models", "dense_ffn,moe_default,moe_cf1.25", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(record["rows"]))
+    assert {"command", "config", "seed", "versions", "machine", "timings"} <= set(saved)
+    cases = {(r["model"], r["n"], r["k"]) for r in saved["rows"]}
+    # The Dense FFN is built once per k; each MoE for every n and k.
+    assert cases == {("dense_ffn", 4, 1), ("dense_ffn", 4, 2)} | {
+        (m, n, k) for m in ("moe_default", "moe_cf1.25") for n in (4, 8) for k in (1, 2)}
+    for row in saved["rows"]:
+        assert all(0 < t < 60_000 for t in row["train_ms"] + row["predict_ms"])
+        if row["model"].startswith("moe"):
+            assert row["train_max_load_ratio"] >= 1.0
+
+
+def test_peer_verdicts_from_a_handmade_record():
+    from pipelines.reports import peer_verdicts
+
+    def row(model, n, train, predict):
+        return {"model": model, "n": n, "k": 2, "train_ms": train, "predict_ms": predict}
+
+    run = {"rows": [
+        row("dense_ffn", 8, [100.0, 200.0], [40.0, 40.0]),
+        row("moe_default", 8, [110.0, 220.0], [44.0, 40.0]),
+        row("moe_default", 64, [120.0, 260.0], [48.0, 60.0]),
+        row("keras_hub_mixtral", 64, [3000.0], [1500.0]),
+    ]}
+    lines = peer_verdicts(run)
+    # Pass by pass: 120/100 = 1.2 and 260/200 = 1.3, median 1.25.
+    assert lines[0] == "train step over the equal-active Dense FFN: 1.25 (1.20-1.30) (target <= 1.3): met"
+    # 48/40 = 1.2, 60/40 = 1.5: median 1.35.
+    assert lines[1] == "predict over the equal-active Dense FFN: 1.35 (1.20-1.50) (target <= 1.2): missed"
+    assert lines[2] == "train step, n=64 over n=8: 1.14 (1.09-1.18) (target <= 1.15): met"
+    # 120/110 = 1.091, 260/220 = 1.182: median 1.136.
+    # One KerasHub pass against both of ours: 3000/120 = 25, 3000/260 = 11.5.
+    assert lines[4] == "KerasHub's train step over ours: 18.27 (11.54-25.00) (target >= 20.0): missed"
