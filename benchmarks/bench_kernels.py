@@ -1,0 +1,175 @@
+"""The measurements behind `moe_keras/dispatch/strategy.py`'s choices.
+
+Two tables, one backend per run (`KERAS_BACKEND`):
+
+* `grouped`: one expert layer `(R, d) x (n, d, h)` on `R = T * k` rows sorted
+  by expert with the loads a random router gives, forward and backward,
+  compiled: the plain `(R, d) x (d, h)` matmul of the same FLOPs (the floor),
+  the bucketed-capacity einsum at the rung that holds the busiest expert,
+  the portable block kernel for several block sizes, and on JAX
+  `jax.lax.ragged_dot`.
+* `dispatch`: a whole `MoEDense` train step (`train_on_batch`, SGD) with
+  `dispatch="dense"` against the default dropless sparse dispatch, for
+  `n / k` from 1.5 to 8: where `dispatch="auto"` should switch.
+
+    KERAS_BACKEND=jax python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_jax.json
+    KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_tf.json
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="OUT")
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--experts", default="8,64")
+    parser.add_argument("--blocks", default="32,64,128")
+    parser.add_argument("--ratios", default="3/2,2/1,4/2,3/1,8/2,4/1,8/1",
+                        help="n/k pairs for the dispatch table")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.features, args.hidden = 64, 8, 12
+        args.experts, args.blocks, args.ratios = "4", "8", "2/1,4/1"
+        args.steps, args.repeats = 2, 1
+    args.experts = [int(v) for v in args.experts.split(",")]
+    args.blocks = [int(v) for v in args.blocks.split(",")]
+    args.ratios = [tuple(int(v) for v in pair.split("/")) for pair in args.ratios.split(",")]
+    return args
+
+
+def compile_grad(function):
+    """`function(x, w) -> y`, as a compiled `sum(y**2)` forward+backward."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(jax.grad(lambda x, w: (function(x, w) ** 2).sum(), argnums=(0, 1)))
+    import tensorflow as tf
+
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = tf.reduce_sum(function(x, w) ** 2)
+        return tape.gradient(loss, [x, w])
+
+    return tf.function(step, jit_compile=True)
+
+
+def timed_ms(call, steps):
+    import keras
+
+    keras.ops.convert_to_numpy(call()[0])
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        keras.ops.convert_to_numpy(call()[0])
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def grouped_rows(args):
+    import keras
+    from keras import ops
+
+    from moe_keras import dispatch
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in args.experts:
+        sizes = np.bincount(rng.integers(0, n, args.rows), minlength=n).astype("int32")
+        busiest = int(sizes.max())
+        x = ops.convert_to_tensor(rng.normal(size=(args.rows, args.features)).astype("float32"))
+        w = ops.convert_to_tensor((rng.normal(size=(n, args.features, args.hidden)) * 0.05).astype("float32"))
+        group_sizes = ops.convert_to_tensor(sizes)
+        rung = min(c for c in dispatch.bucket_capacities(args.rows, n, 1) if c >= busiest)
+        buffers = ops.convert_to_tensor(rng.normal(size=(n, rung, args.features)).astype("float32"))
+        kernels = {
+            "plain_matmul": (lambda x, w: ops.matmul(x, w[0]), x),
+            f"buckets_rung_{rung}": (lambda b, w: ops.einsum("etd,edh->eth", b, w), buffers),
+        }
+        for block in args.blocks:
+            kernels[f"blocks_{block}"] = (
+                lambda x, w, block=block: dispatch.block_grouped_matmul(x, w, group_sizes, block), x)
+        if keras.backend.backend() == "jax":
+            import jax
+
+            kernels["ragged_dot"] = (lambda x, w: jax.lax.ragged_dot(x, w, group_sizes), x)
+        compiled = {name: (compile_grad(f), first) for name, (f, first) in kernels.items()}
+        times = {name: [] for name in compiled}
+        for _ in range(args.repeats):
+            for name, (step, first) in compiled.items():
+                times[name].append(timed_ms(lambda: step(first, w), args.steps))
+        for name, passes in times.items():
+            rows.append({"table": "grouped", "n": n, "kernel": name, "fwd_bwd_ms": passes,
+                         "busiest_over_mean": busiest * n / args.rows})
+            print(f"grouped n={n:<3d} {name:18s} {statistics.median(passes):8.1f} ms", flush=True)
+    return rows
+
+
+def dispatch_rows(args):
+    import keras
+
+    from moe_keras import MoEDense
+
+    tokens = args.rows // 2
+    x = np.random.default_rng(1).normal(size=(tokens, args.features)).astype("float32")
+    models = {}
+    for n, k in args.ratios:
+        for mode in ("dense", "sparse"):
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((args.features,))
+            # The same active expert width per token for every n/k.
+            hidden = max(1, 2 * args.hidden // k)
+            outputs = MoEDense(args.features, n, top_k=k, expert_hidden=hidden, dispatch=mode)(inputs)
+            model = keras.Model(inputs, outputs)
+            model.compile(optimizer="sgd", loss="mse")
+            models[(n, k, mode)] = model
+    times = {case: [] for case in models}
+    for _ in range(args.repeats):
+        for case, model in models.items():
+            times[case].append(timed_ms(lambda: [model.train_on_batch(x, x)], args.steps))
+    rows = []
+    for (n, k, mode), passes in times.items():
+        rows.append({"table": "dispatch", "n": n, "k": k, "dispatch": mode, "train_ms": passes})
+        print(f"dispatch n={n:<3d} k={k} {mode:7s} {statistics.median(passes):8.1f} ms", flush=True)
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    from pipelines import records
+
+    start = time.perf_counter()
+    rows = grouped_rows(args) + dispatch_rows(args)
+    record = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "seed": 0,
+        "versions": records.library_versions(),
+        "machine": records.machine_description(),
+        "backend": keras.backend.backend(),
+        "rows": rows,
+        "timings": {"total_s": round(time.perf_counter() - start, 1)},
+    }
+    if args.json:
+        records.write_json_atomically(args.json, record)
+    return record
+
+
+if __name__ == "__main__":
+    main()
