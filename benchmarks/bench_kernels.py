@@ -156,16 +156,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     rows = grouped_rows(args) + dispatch_rows(args)
-    record = {
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "seed": 0,
-        "versions": records.library_versions(),
-        "machine": records.machine_description(),
-        "backend": keras.backend.backend(),
-        "rows": rows,
-        "timings": {"total_s": round(time.perf_counter() - start, 1)},
-    }
+    record = records.run_record(
+        {k: v for k, v in vars(args).items() if k != "json"}, 0, start,
+        backend=keras.backend.backend(), rows=rows,
+    )
     if args.json:
         records.write_json_atomically(args.json, record)
     return record

@@ -121,3 +121,20 @@ def machine_description():
         if gpus:
             description["accelerator"] = ", ".join(g.name for g in gpus)
     return description
+
+
+def run_record(config, seed, started, **fields):
+    """A run record: the command line, `config`, `seed`, library versions,
+    machine, the wall time since `started` (a `time.perf_counter()` value),
+    and any other `fields` (metrics, rows, ...)."""
+    import time
+
+    return {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "config": config,
+        "seed": seed,
+        "versions": library_versions(),
+        "machine": machine_description(),
+        **fields,
+        "timings": {"total_s": round(time.perf_counter() - started, 1)},
+    }
