@@ -581,7 +581,8 @@ def pipeline_table(runs: list[dict]) -> str:
     """One row per run record written by `pipelines.train` (committed
     copies of `submissions/<run>.json`)."""
     rows = []
-    for run in runs:
+    # Ensemble records (`kind: "ensemble"`) average member runs listed here.
+    for run in (r for r in runs if r.get("kind") != "ensemble"):
         config = run["model_config"]
         test = run.get("test_accuracy")
         rows.append((run["name"], _model_name(config), config["hidden"], run["seed"],
