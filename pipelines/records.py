@@ -135,6 +135,9 @@ def run_record(config, seed, started, **fields):
         "seed": seed,
         "versions": library_versions(),
         "machine": machine_description(),
+        # Other work on the machine moves timings; the 1, 5 and 15 minute
+        # load averages at the end say how busy it was.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         **fields,
         "timings": {"total_s": round(time.perf_counter() - started, 1)},
     }

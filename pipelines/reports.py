@@ -647,6 +647,11 @@ def _ms(row, metric):
     return "-" if row is None else _spread(row[metric], 0 if statistics.median(row[metric]) >= 100 else 1)
 
 
+def _load(run: dict) -> str:
+    load = run.get("load_average")
+    return "not recorded" if not load else f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end"
+
+
 def peer_table(run: dict) -> str:
     header = ["n", "k", "Dense FFN train / predict (ms)", "MoEDense defaults train / predict (ms)",
               "vs Dense FFN (train / predict)", "MoEDense cf 1.25 train / predict (ms)",
@@ -712,7 +717,8 @@ def peers(records: Records) -> str:
             f"(`{path}`; tokens ({config['batch']}, {config['seq']}, {config['features']}), "
             f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
             f"{machine['accelerator'] or 'no accelerator'}; Keras {versions['keras']}; "
-            f"{run['timings']['total_s']:.0f} s in all). Median over {config['repeats']} interleaved passes "
+            f"{run['timings']['total_s']:.0f} s in all; load average {_load(run)}). "
+            f"Median over {config['repeats']} interleaved passes "
             f"of {config['steps']} timed calls, range in brackets; KerasHub above n={config['peer_max_repeats_experts']} "
             "timed in one pass."
         )
