@@ -215,6 +215,7 @@ def measure_epochs(data_dir, timed_epochs, batch_size, seed):
                 "params_active": count_parameters(models[key])[1],
                 "epoch_s": [round(s, 2) for s in seconds[key]],
                 "median_epoch_s": round(median[key], 2),
+                # The median epoch (validation included) over its training steps.
                 "ms_per_step": round(1e3 * median[key] / steps, 1),
             }
             for key in models
