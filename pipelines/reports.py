@@ -700,15 +700,21 @@ def peer_verdicts(run: dict, n: int = 64, k: int = 2) -> list[str]:
     return lines
 
 
+def committed_runs(records: Records, files: dict[str, str]):
+    """`(backend, path, record)` of each of `files` (backend -> file name in
+    `benchmarks/results/`) that is committed; the others are skipped."""
+    present = set(records.glob(f"{BENCH}/*.json"))
+    for backend, name in files.items():
+        path = f"{BENCH}/{name}"
+        if path in present:
+            yield backend, path, records.json(path)
+
+
 @report_block("README.md", "peers")
 @report_block("benchmarks/README.md", "peers")
 def peers(records: Records) -> str:
     parts = []
-    for backend, name in PEER_FILES.items():
-        path = f"{BENCH}/{name}"
-        if path not in records.glob(f"{BENCH}/peers_*.json"):
-            continue
-        run = records.json(path)
+    for backend, path, run in committed_runs(records, PEER_FILES):
         config = run["config"]
         machine = run["machine"]
         versions = run["versions"]
@@ -759,11 +765,7 @@ def kernel_tables(run: dict) -> str:
 @report_block("benchmarks/README.md", "kernels")
 def kernels(records: Records) -> str:
     parts = []
-    for backend, name in KERNEL_FILES.items():
-        path = f"{BENCH}/{name}"
-        if path not in records.glob(f"{BENCH}/kernels_*.json"):
-            continue
-        run = records.json(path)
+    for backend, path, run in committed_runs(records, KERNEL_FILES):
         config = run["config"]
         parts.append(f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** (`{path}`; "
                      f"{config['rows']} rows of {config['features']} features, hidden {config['hidden']}; "
