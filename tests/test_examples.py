@@ -241,3 +241,17 @@ def test_char_lm_padding_takes_no_expert_slot(char_lm):
         layer(np.array(keras.ops.convert_to_numpy(hidden)), training=True)
         counted = float(keras.ops.convert_to_numpy(keras.ops.sum(layer.expert_counts)))
         assert counted == batch.size * layer.top_k
+
+
+# The committed results ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["vit_moe", "char_lm_moe"])
+def test_readme_tables_are_rebuilt_from_the_committed_records(name):
+    module = load_example(name)
+    if not list(module.DEFAULT_OUT.glob(f"{module.PREFIX}-*-s[0-9].json")):
+        pytest.skip(f"no committed full {name} records")
+    table = module.summary_table(module.DEFAULT_OUT)
+    readme = (EXAMPLES / "README.md").read_text()
+    for line in table.splitlines():
+        assert line in readme, f"examples/README.md lacks, from `{name}.py --table`: {line}"
