@@ -774,3 +774,33 @@ def kernels(records: Records) -> str:
     if not parts:
         return "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`)."
     return "\n\n".join(parts)
+
+
+# Examples (reports/records/examples/*.json, written by examples/*.py) ---------
+
+
+def example_table(records: Records, script: str) -> str:
+    """The example's own `--table` over the committed records. The scripts
+    are keras-io style, one file each, so their table code stays in them;
+    they run under Keras's NumPy backend here, which imports no framework."""
+    import os
+    import subprocess
+
+    out = records.root / "reports" / "records" / "examples"
+    result = subprocess.run(
+        [sys.executable, str(records.root / "examples" / script), "--table", "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "numpy"},
+    )
+    if result.returncode != 0:
+        raise RecordError(f"examples/{script} --table failed: {result.stderr.strip().splitlines()[-1:]}")
+    return result.stdout.strip()
+
+
+@report_block("README.md", "example-vit")
+def example_vit(records: Records) -> str:
+    return example_table(records, "vit_moe.py")
+
+
+@report_block("README.md", "example-char-lm")
+def example_char_lm(records: Records) -> str:
+    return example_table(records, "char_lm_moe.py")
