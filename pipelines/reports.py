@@ -804,3 +804,10 @@ def example_vit(records: Records) -> str:
 @report_block("README.md", "example-char-lm")
 def example_char_lm(records: Records) -> str:
     return example_table(records, "char_lm_moe.py")
+
+
+@report_block("README.md", "example-upcycle")
+def example_upcycle(records: Records) -> str:
+    if not records.glob("reports/records/examples/upcycle_vit-s*.json"):
+        return "No full run of `examples/upcycle_vit.py` is recorded yet."
+    return example_table(records, "upcycle_vit.py")

@@ -255,3 +255,29 @@ def test_readme_tables_are_rebuilt_from_the_committed_records(name):
     readme = (EXAMPLES / "README.md").read_text()
     for line in table.splitlines():
         assert line in readme, f"examples/README.md lacks, from `{name}.py --table`: {line}"
+
+
+def test_upcycle_vit_quick_keeps_the_output_at_creation_and_writes_records(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("upcycle_vit", EXAMPLES / "upcycle_vit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (path,) = module.main(["--quick", "--out", str(tmp_path)])
+    record = json.loads(path.read_text())
+    metrics = record["metrics"]
+    assert metrics["upcycled_gap_at_creation"] < 1e-4
+    config = record["config"]
+    # Each upcycled feed-forward pair (QUICK has 2 blocks: block 1 only)
+    # becomes 4 experts: 3 more copies of the pair, a router, and the
+    # non-trainable routing counters (one per expert, one for dropped slots).
+    dim, hidden = config["dim"], 2 * config["expert_hidden"]
+    pair = dim * hidden + hidden + hidden * dim + dim
+    blocks = len(module.pairs(config))
+    experts = config["upcycle_experts"]
+    extra = blocks * ((experts - 1) * pair + dim * experts + experts + 1)
+    assert metrics["upcycled"]["params"] - metrics["dense_continued"]["params"] == extra
+    for branch in ("dense_continued", "upcycled"):
+        assert 0.0 <= metrics[branch]["test_accuracy"] <= 1.0 and metrics[branch]["fit_s"] > 0
+    assert "upcycled to 4 experts" in module.summary_table(tmp_path, quick=True)
