@@ -24,8 +24,11 @@ from moe_keras.dispatch import grouped
 DENSE_MAX_EXPERTS_PER_CHOICE = 2
 """`dispatch="auto"` runs every expert on every token while `n / k` is at
 most this: there the dense einsum does at most twice the active work and
-has none of the sparse path's sorting and gathering
-(`benchmarks/results/`, the dispatch rows)."""
+has none of the sparse path's sorting and gathering. At 4,096 tokens the
+dropless engine already wins from `n / k = 1.5` on TensorFlow and ties there
+on JAX (`benchmarks/results/kernels_cpu_*.json`, the dispatch rows); the
+bound stays at 2 for small batches (a classifier head routes one token per
+image), which those rows do not measure."""
 
 CONDCONV_MIN_EXPERTS = 4
 """`MoEConv2D(routing="sample", dispatch="auto")` mixes kernels per image
@@ -81,11 +84,12 @@ def dropless_engine(num_tokens):
         * `"grouped"` on JAX with a GPU or TPU: sorted rows and
           `jax.lax.ragged_dot`, a real grouped GEMM there.
         * `"buckets"` where the token count is static (JAX, eager
-          TensorFlow, PyTorch): the bucketed-capacity ladder. XLA on CPU
-          expands `ragged_dot` into a product over every group, `n` times
-          the work, and the portable block kernel copies one expert kernel
-          per block, so the buckets' batched einsum over the experts' own
-          weights is the fastest there (`benchmarks/results/`).
+          TensorFlow, PyTorch): the bucketed-capacity ladder. On CPU,
+          `ragged_dot` runs many times the plain matmul of the same FLOPs
+          (XLA expands it over every group) and the portable block kernel,
+          which copies one expert kernel per block, runs slower than the
+          buckets' batched einsum over the experts' own weights
+          (`benchmarks/results/kernels_cpu_*.json`, the grouped rows).
         * `"exact"` where the token count is unknown at trace time
           (TensorFlow graphs over batches of any size, which run without
           XLA, see `supports_xla`): one capacity, the busiest expert's load,
@@ -107,10 +111,10 @@ def supports_xla(might_run_dropless):
     TensorFlow traces `fit` and `predict` over batches of unknown size, and
     its XLA bridge aborts (a failed CHECK in `literal.cc`, not an error)
     on the dynamic sizes of the dropless plan once another MoE layer shares
-    the graph. TensorFlow's own graph runs dynamic shapes natively, and on
-    CPU it trained an equal-active Dense FFN faster than XLA did
-    (`benchmarks/results/`), so layers that may run dropless opt out of XLA
-    there; `jit_compile="auto"` then leaves XLA off for the model.
+    the graph. TensorFlow's own graph runs dynamic shapes natively, so
+    layers that may run dropless opt out of XLA there; `jit_compile="auto"`
+    then leaves XLA off for the model (on CPU Keras leaves it off anyway:
+    the peer records show `jit_compile: false` for the plain Dense FFN).
     """
     return not (might_run_dropless and keras.backend.backend() == "tensorflow")
 
