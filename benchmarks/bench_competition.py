@@ -138,23 +138,13 @@ def measure_load(data_dir, repeats):
 
 def _compiled(model_config, train_config, steps_per_epoch):
     """The model of `model_config`, seeded, built and compiled exactly as
-    `pipelines.train.fit` does it (Adam on the cosine schedule, sparse
-    cross-entropy, accuracy, the same `jit_compile`)."""
+    `pipelines.train.fit` does it."""
     import keras
 
-    from pipelines.models import build_model
-    from pipelines.train import learning_rate
+    from pipelines.train import compiled_model
 
     keras.utils.set_random_seed(train_config.seed)
-    model = build_model(model_config, seed=train_config.seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch)),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=train_config.jit_compile,
-        run_eagerly=train_config.run_eagerly,
-    )
-    return model
+    return compiled_model(model_config, train_config, steps_per_epoch)
 
 
 def measure_epochs(data_dir, timed_epochs, batch_size, seed):

@@ -253,6 +253,21 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+def compiled_model(model_config, train_config, steps_per_epoch):
+    """The model of `model_config` built with the run's seed and compiled as
+    every run trains it: Adam on `learning_rate`'s schedule, sparse
+    cross-entropy, accuracy, the run's `jit_compile` and `run_eagerly`."""
+    model = build_model(model_config, seed=train_config.seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=train_config.jit_compile,
+        run_eagerly=train_config.run_eagerly,
+    )
+    return model
+
+
 def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()):
     """Seeds, builds, compiles and fits the model of `model_config` with the
     recipe of `train_config`.
@@ -271,15 +286,8 @@ def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()
     # The model's layers keep the policy they were built with, so evaluating
     # or predicting after the block still runs in mixed precision.
     with op_determinism(train_config.deterministic), precision_policy(train_config.mixed_precision):
-        model = build_model(model_config, seed=train_config.seed)
         steps_per_epoch = -(-len(x_train) // train_config.batch_size)
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch)),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=train_config.jit_compile,
-            run_eagerly=train_config.run_eagerly,
-        )
+        model = compiled_model(model_config, train_config, steps_per_epoch)
         # First, so that its statistics are in the logs the others see.
         usage = ExpertUsage()
         timer = _EpochTimer()
