@@ -16,6 +16,7 @@ from moe_keras.layers import MoEDense
 from moe_keras.layers import MoELayer
 from moe_keras.upcycle import upcycle
 from moe_keras.usage import routing_counts
+from moe_keras.usage import routing_maps
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "losses",
     "routing",
     "routing_counts",
+    "routing_maps",
     "upcycle",
     "usage",
 ]

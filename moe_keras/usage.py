@@ -52,6 +52,26 @@ def _router_inputs_model(model, layer):
         ) from error
 
 
+def _resolve_layer(model, layer):
+    if isinstance(layer, str):
+        return model.get_layer(layer)
+    if layer is None:
+        layers = moe_layers(model)
+        if not layers:
+            raise ValueError(f"Model `{model.name}` has no MoE layer.")
+        return layers[0]
+    return layer
+
+
+def _expert_choices(model, x, layer, batch_size):
+    """Yields `(start, indices)`: the inference top-k choices of `layer`
+    for `x[start:start + batch_size]`, `(batch, positions..., k)` NumPy."""
+    feeder = _router_inputs_model(model, layer)
+    for start in range(0, len(x), batch_size):
+        inputs = feeder(x[start:start + batch_size], training=False)
+        yield start, ops.convert_to_numpy(layer.expert_choices(inputs))
+
+
 def routing_counts(model, x, y, layer=None, num_classes=None, batch_size=256):
     """Class x expert routing counts of a trained model on a dataset.
 
@@ -71,23 +91,44 @@ def routing_counts(model, x, y, layer=None, num_classes=None, batch_size=256):
     Returns:
         `(num_classes, n)` int64 NumPy array.
     """
-    layers = moe_layers(model)
-    if isinstance(layer, str):
-        layer = model.get_layer(layer)
-    elif layer is None:
-        if not layers:
-            raise ValueError(f"Model `{model.name}` has no MoE layer.")
-        layer = layers[0]
+    layer = _resolve_layer(model, layer)
     y = np.asarray(y).astype(np.int64).reshape(-1)
     num_classes = int(num_classes or y.max() + 1)
-    feeder = _router_inputs_model(model, layer)
     counts = np.zeros((num_classes, layer.num_experts), dtype=np.int64)
-    for start in range(0, len(y), batch_size):
-        stop = start + batch_size
-        inputs = feeder(x[start:stop], training=False)
-        indices = ops.convert_to_numpy(layer.expert_choices(inputs))
+    for start, indices in _expert_choices(model, x, layer, batch_size):
         # indices: (batch, positions..., k) -> one label per example.
         per_example = indices.reshape(indices.shape[0], -1)
-        labels = np.repeat(y[start:stop], per_example.shape[1])
+        labels = np.repeat(y[start:start + len(indices)], per_example.shape[1])
         np.add.at(counts, (labels, per_example.reshape(-1)), 1)
     return counts
+
+
+def routing_maps(model, x, layer=None, batch_size=256):
+    """Share of the inputs that send each position to each expert.
+
+    For a layer that routes per position (`MoEConv2D(routing="pixel")`, or
+    `MoEDense` on sequences), this is where in the image (or sequence) each
+    expert works: 1 where every input picks that expert at that position.
+    With top-k, each of the k choices counts, so the shares at a position
+    add up to k.
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        x: inputs (NumPy array).
+        layer: the MoE layer, or its name; defaults to the first MoE layer.
+        batch_size: batch size of the forward passes.
+
+    Returns:
+        `(positions..., n)` float64 NumPy array, e.g. `(H, W, n)` for a
+        pixel-routed convolution; `(n,)` for a layer that routes per sample.
+    """
+    layer = _resolve_layer(model, layer)
+    total, seen = None, 0
+    for _, indices in _expert_choices(model, x, layer, batch_size):
+        one_hot = np.eye(layer.num_experts, dtype=np.float64)[indices].sum(axis=-2)
+        batch_sum = one_hot.sum(axis=0)
+        total = batch_sum if total is None else total + batch_sum
+        seen += len(indices)
+    if total is None:
+        raise ValueError("`routing_maps` needs at least one input.")
+    return total / seen

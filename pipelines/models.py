@@ -25,6 +25,7 @@ from moe_keras import MoEDense
 
 ARCHITECTURES = ("cnn", "mlp")
 ROUTING_DEFAULTS = ("pipeline", "layer")
+CONV_ROUTINGS = ("sample", "pixel")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 # Width of the cnn's feature block output, MoE or dense.
@@ -93,7 +94,7 @@ class ModelConfig:
         arch: "cnn" or "mlp".
         moe: `(k, n)` for an MoE(k,n) feature block, `None` for the baseline.
         hidden: expert hidden size (MoE) or hidden width (cnn baseline; the
-            mlp baseline is always 784-128-64).
+            mlp baseline is 784-`mlp_hidden`-64).
         shared: shared experts of the MoE block.
         conv_moe: `(k, n)` to make the second conv block an MoEConv2D.
         augment: random rotation/shift/zoom in front of the CNN.
@@ -110,6 +111,11 @@ class ModelConfig:
             channels)`, the mlp flattens whatever it gets.
         standardize: map pixels x in [0, 1] to (x - 0.1307) / 0.3081 first
             (torchvision's MNIST normalisation) instead of using them raw.
+        mlp_hidden: first-layer width of the mlp's dense baseline
+            (784-`mlp_hidden`-64-10); the study widens it to match an MoE's
+            total parameters.
+        conv_routing: `MoEConv2D`'s `routing` for `conv_moe`, "sample" (one
+            choice per image) or "pixel" (one per output position).
     """
 
     arch: str = "cnn"
@@ -123,6 +129,8 @@ class ModelConfig:
     routing_defaults: str = "pipeline"
     input_shape: tuple[int, ...] = IMAGE_SHAPE
     standardize: bool = False
+    mlp_hidden: int = MLP_HIDDEN
+    conv_routing: str = "sample"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -143,6 +151,12 @@ class ModelConfig:
             )
         if self.conv_moe is not None and self.arch != "cnn":
             raise ValueError("`conv_moe` needs the cnn architecture.")
+        if self.conv_routing not in CONV_ROUTINGS:
+            raise ValueError(
+                f"`conv_routing` must be one of {CONV_ROUTINGS}; got {self.conv_routing!r}."
+            )
+        if self.mlp_hidden < 1:
+            raise ValueError(f"`mlp_hidden` must be at least 1; got {self.mlp_hidden}.")
         if self.routing_defaults not in ROUTING_DEFAULTS:
             raise ValueError(
                 f"`routing_defaults` must be one of {ROUTING_DEFAULTS}; "
@@ -163,8 +177,12 @@ class ModelConfig:
         else:
             k, n = self.moe
             parts = [self.arch, f"moe{k}of{n}", f"h{self.hidden}", f"s{self.shared}"]
+        if self.arch == "mlp" and self.moe is None and self.mlp_hidden != MLP_HIDDEN:
+            parts.append(f"w{self.mlp_hidden}")
         if self.conv_moe is not None:
             parts.append("conv{}of{}".format(*self.conv_moe))
+            if self.conv_routing != "sample":
+                parts.append(self.conv_routing)
         if self.arch == "cnn" and not self.augment:
             parts.append("noaug")
         if self.hidden_dropout:
@@ -214,6 +232,7 @@ def _conv_block(x, filters, index, config=None, seeds=None):
                 top_k=k,
                 padding="same",
                 use_bias=False,
+                routing=config.conv_routing,
                 seed=next(seeds),
                 name=f"moe_conv{index}",
                 **routing,
@@ -269,8 +288,9 @@ def _feature_block(x, config, seeds):
     """MoE(k,n) of MLP experts, or the dense MLP it is compared with."""
     if config.moe is None:
         if config.arch == "mlp":
-            # The collapse study's baseline MLP 784-128-64-10.
-            x = keras.layers.Dense(MLP_HIDDEN, activation="relu", name="dense1")(x)
+            # The collapse study's baseline MLP 784-128-64-10 (wider with
+            # `mlp_hidden`).
+            x = keras.layers.Dense(config.mlp_hidden, activation="relu", name="dense1")(x)
             if config.hidden_dropout:
                 x = keras.layers.Dropout(
                     config.hidden_dropout, seed=next(seeds), name="dropout_hidden"

@@ -46,7 +46,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-size", type=int, default=10_000, help="training subset of fashion/cifar10")
     parser.add_argument("--test-size", type=int, default=2_000, help="test subset of fashion/cifar10")
     parser.add_argument("--quick", action="store_true", help="smoke run: few hundred samples, 1 epoch, 1 seed")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="folder of per-run JSON records, from which runs resume "
+                             "(default: <out>/records/study; under --quick: <runs>/quick-records)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                        help="train only runs I, I+N, I+2N, ... and record them; a later call without "
+                             "--shard reads every record and writes the tables (run N processes at once)")
+    parser.add_argument("--sizes", type=_sizes, default=(), metavar="N,N,...",
+                        help="datasize: training-set sizes (default: 1000,4000,15000,60000)")
+    parser.add_argument("--arch", choices=("mlp", "cnn", "all"), default="all",
+                        help="datasize: the architectures to train (default: all)")
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/2; got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N; got {text!r}")
+    return index, count
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 1000,4000; got {text!r}") from None
+    if any(size < 10 for size in sizes):
+        raise argparse.ArgumentTypeError(f"every size must be at least 10; got {text!r}")
+    return sizes
 
 
 def context_from(args) -> studies.Context:
@@ -61,6 +91,10 @@ def context_from(args) -> studies.Context:
         cifar_dir=args.cifar_dir,
         subset=(args.train_size, args.test_size),
         quick=args.quick,
+        records=args.records or (args.runs / "quick-records" if args.quick else args.out / "records" / "study"),
+        shard=args.shard,
+        sizes=args.sizes,
+        archs=("mlp", "cnn") if args.arch == "all" else (args.arch,),
     )
 
 
@@ -86,7 +120,11 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         print(f"== {name} ==", flush=True)
         studies.EXPERIMENTS[name](context)
-        _log_run(args.out, name, argv, time.perf_counter() - started, args.quick)
+        if context.sharded:
+            # A shard's runs are in their records; the call without a shard
+            # that writes the tables is the one the report lists.
+            continue
+        _log_run(args.out, name + context.tag, argv, time.perf_counter() - started, args.quick)
     if args.name in ("report", "all"):
         path = report_lib.write_report(args.out)
         print(f"wrote {path}")

@@ -192,6 +192,17 @@ def shrink(dataset: Dataset, train_size: int, test_size: int, seed: int = 0) -> 
     )
 
 
+def subset(dataset: Dataset, train_size: int, seed: int = 0) -> Dataset:
+    """`dataset` with a stratified subset of `train_size` training samples
+    (the same subset for a given seed) and its whole test set."""
+    x_train, y_train = _stratified_subset(dataset.x_train, dataset.y_train, train_size, seed)
+    return Dataset(
+        dataset.name, x_train, y_train, dataset.x_test, dataset.y_test,
+        f"{dataset.name}: stratified subset of {len(y_train):,} of {len(dataset.y_train):,} training images, "
+        f"{len(dataset.y_test):,} test images",
+    )
+
+
 def load(name: str, cache_dir: Path, idx_dir: Path = DEFAULT_FASHION_DIR,
          cifar_dir: Path = DEFAULT_CIFAR_DIR, train_size: int | None = None,
          test_size: int | None = None) -> Dataset:

@@ -34,3 +34,44 @@ def moe(num_experts: int, top_k: int = 1, standardize: bool = False, **routing) 
     """
     return ModelConfig(arch="mlp", moe=(top_k, num_experts), hidden=HIDDEN,
                        routing=dict(routing), routing_defaults="layer", standardize=standardize)
+
+
+def wide_baseline(num_experts: int) -> ModelConfig:
+    """The dense MLP 784-w-64-10 with (within one unit of w) the total
+    parameters of `moe(num_experts)`: the MoE's parameters, all active."""
+    from dataclasses import replace
+
+    from pipelines.models import build_model
+    from pipelines.models import count_parameters
+
+    flat = (784,)
+    moe_total, _ = count_parameters(build_model(replace(moe(num_experts), input_shape=flat)))
+    base = baseline()
+    narrow, _ = count_parameters(build_model(replace(base, input_shape=flat)))
+    # Each unit of the first layer adds 784 inputs, a bias and 64 outputs.
+    per_unit = flat[0] + 1 + UNITS
+    width = HIDDEN + round((moe_total - narrow) / per_unit)
+    return ModelConfig(arch="mlp", moe=None, hidden=HIDDEN, mlp_hidden=width, routing_defaults="layer")
+
+
+# The pipeline's CNN (`pipelines.models`, default recipe of the digit
+# recognizer) with its MoE(3,5) head of h64 experts, and the dense head of
+# the same active size (h192), as the digit-recognizer grid compares them.
+CNN_MOE = (3, 5)
+CNN_MOE_HIDDEN = 64
+CNN_DENSE_HIDDEN = 192
+
+
+def cnn_moe_head() -> ModelConfig:
+    return ModelConfig(arch="cnn", moe=CNN_MOE, hidden=CNN_MOE_HIDDEN)
+
+
+def cnn_dense_head() -> ModelConfig:
+    return ModelConfig(arch="cnn", moe=None, hidden=CNN_DENSE_HIDDEN)
+
+
+def cnn_conv_experts(routing: str, num_experts: int = 4, top_k: int = 1) -> ModelConfig:
+    """The CNN with its dense head and an `MoEConv2D` (top-k of n 3x3 conv
+    experts, `routing` "sample" or "pixel") as the second block's first conv."""
+    return ModelConfig(arch="cnn", moe=None, hidden=CNN_DENSE_HIDDEN, conv_moe=(top_k, num_experts),
+                       conv_routing=routing)

@@ -206,3 +206,108 @@ def routing_heatmaps(matrices: dict, dataset: str, path: Path):
     figure.suptitle(f"Which expert each class is routed to ({dataset} test set)")
     # tight_layout cannot place a colour bar shared by several panels.
     _save(figure, path, tight=False)
+
+
+FAMILY_STYLE = {"dense": ("black", "o", "--"), "dense-wide": ("grey", "s", ":"), "moe": (None, "^", "-")}
+
+
+def accuracy_vs_data_size(summary: pd.DataFrame, path: Path):
+    """Test accuracy against training-set size (Fashion-MNIST), one panel per
+    architecture, one line per model, mean ± std over seeds."""
+    fashion = summary[summary["dataset"] == "fashion"]
+    archs = list(dict.fromkeys(fashion["arch"]))
+    figure, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.4), squeeze=False)
+    for axis, arch in zip(axes[0], archs):
+        rows = fashion[fashion["arch"] == arch]
+        for index, (config, group) in enumerate(rows.groupby("config", sort=False)):
+            group = group.sort_values("train_size")
+            color, marker, style = FAMILY_STYLE.get(group["family"].iloc[0], (None, "o", "-"))
+            axis.errorbar(group["train_size"], 100 * group["test_accuracy_mean"],
+                          yerr=100 * group["test_accuracy_std"].fillna(0.0), marker=marker, linestyle=style,
+                          color=color or plt.cm.tab10(index % 10), capsize=3, label=config)
+        axis.set_xscale("log")
+        axis.set_xlabel("training images (Fashion-MNIST, log scale)")
+        axis.set_ylabel("test accuracy, whole test set (%)")
+        axis.set_title(f"{arch.upper()}: accuracy vs data size")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def gap_vs_data_size(frame: pd.DataFrame, path: Path):
+    """MoE minus its architecture's dense baseline (percentage points), per
+    data size, mean ± std over seeds (seed s paired with seed s)."""
+    fashion = frame[frame["dataset"] == "fashion"]
+    figure, axis = plt.subplots(figsize=(7, 4.4))
+    for arch, rows in fashion.groupby("arch", sort=False):
+        dense = rows[rows["family"] == "dense"].set_index(["train_size", "seed"])["test_accuracy"]
+        for config, group in rows[rows["family"] != "dense"].groupby("config", sort=False):
+            gap = 100 * (group.set_index(["train_size", "seed"])["test_accuracy"] - dense).dropna()
+            stats = gap.groupby(level="train_size").agg(["mean", "std"]).fillna(0.0)
+            if stats.empty:
+                continue
+            style = ":" if group["family"].iloc[0] == "dense-wide" else "-"
+            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, linestyle=style,
+                          label=f"{arch}: {config}")
+    axis.axhline(0.0, color="black", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_xlabel("training images (Fashion-MNIST, log scale)")
+    axis.set_ylabel("accuracy minus the dense baseline (pp)")
+    axis.set_title("Does the gap to the dense baseline change with data?")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def accuracy_and_time_vs_experts(frame: pd.DataFrame, path: Path):
+    """Two panels against n: test accuracy and train step time, per k."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    moe = frame[frame["model"] == "moe"]
+    base = frame[frame["model"] == "baseline"]
+    for column, axis, label, scale in (("test_accuracy", axes[0], "test accuracy (%)", 100.0),
+                                       ("step_ms", axes[1], "train step (ms, median epoch)", 1.0)):
+        for k, group in moe.groupby("top_k", sort=False):
+            stats = group.groupby("num_experts")[column].agg(["mean", "std"]).fillna(0.0)
+            axis.errorbar(stats.index, scale * stats["mean"], yerr=scale * stats["std"], marker="o", capsize=3,
+                          label=f"MoE k={int(k)}")
+        if not base.empty:
+            axis.axhline(scale * base[column].mean(), color="black", linestyle="--", label="dense baseline")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("number of experts n")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Many experts on the full training set (mean ± std over seeds)")
+    _save(figure, path)
+
+
+def conv_routing_figure(runs: pd.DataFrame, dataset: str, path: Path):
+    """Per conv-expert model (one seed): the class x expert shares, and for
+    pixel routing each expert's share of the images at each position."""
+    panels = []
+    for row in runs.itertuples():
+        panels.append((f"{row.config}: class x expert", np.asarray(row.class_expert_counts, dtype=float), "class"))
+        maps = getattr(row, "expert_maps", None)
+        if isinstance(maps, list):
+            maps = np.asarray(maps, dtype=float)
+            for expert in range(maps.shape[-1]):
+                panels.append((f"pixel routing: expert {expert}", maps[..., expert], "map"))
+    columns = min(4, max(1, len(panels)))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.axis("off")
+    for axis, (title, values, kind) in zip(axes.flat, panels):
+        if kind == "class":
+            shares = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
+            axis.imshow(100 * shares, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+            axis.set_xlabel("expert")
+            axis.set_ylabel("class")
+        else:
+            image = axis.imshow(100 * values, cmap="magma", vmin=0, vmax=100)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            figure.colorbar(image, ax=axis, fraction=0.046, label="% of images")
+        axis.set_title(title, fontsize=8)
+    figure.suptitle(f"What the conv experts specialise in ({dataset} test set, seed 0)")
+    _save(figure, path)

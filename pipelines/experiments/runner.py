@@ -20,6 +20,7 @@ from pipelines import data
 from pipelines import train
 from pipelines.experiments import models
 from pipelines.experiments.datasets import Dataset
+from pipelines.models import IMAGE_SHAPE
 from pipelines.models import ModelConfig
 from pipelines.models import count_parameters
 from pipelines.train import TrainConfig
@@ -58,6 +59,7 @@ class Config:
     label: str
     model: ModelConfig
     columns: dict = field(default_factory=dict)
+    settings: TrainConfig | None = None  # overrides the experiment's recipe
 
 
 def baseline_config(**columns) -> Config:
@@ -84,21 +86,28 @@ def train_once(config: Config, dataset: Dataset, seed, settings: TrainConfig):
         statistics included for MoE models), the trained model, and the
         `(x_val, y_val)` split it was selected on.
     """
-    settings = replace(settings, seed=seed)
+    settings = replace(config.settings or settings, seed=seed)
     x_train, y_train, x_val, y_val = data.train_validation_split(
         dataset.x_train, dataset.y_train, settings.validation_fraction, seed=settings.seed
     )
-    model_config = replace(config.model, input_shape=(dataset.features,))
+    x_test = dataset.x_test
+    if config.model.arch == "cnn":
+        # The study keeps pixels flat; the CNN takes them as 28 x 28 images.
+        x_train, x_val, x_test = (x.reshape(-1, *IMAGE_SHAPE) for x in (x_train, x_val, x_test))
+        model_config = replace(config.model, input_shape=IMAGE_SHAPE)
+    else:
+        model_config = replace(config.model, input_shape=(dataset.features,))
     model, logs, _, epoch_seconds = train.fit(model_config, settings, x_train, y_train, x_val, y_val)
     history = pd.DataFrame(logs)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     best = int(history["val_loss"].idxmin())
-    test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
+    test_loss, test_accuracy = model.evaluate(x_test, dataset.y_test, verbose=0)
     total, active = count_parameters(model)
     row = {
         "config": config.label,
         **config.columns,
         "dataset": dataset.name,
+        "train_size": len(dataset.y_train),
         "seed": settings.seed,
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
@@ -109,6 +118,8 @@ def train_once(config: Config, dataset: Dataset, seed, settings: TrainConfig):
         # The first epoch includes graph tracing; the median of the rest is
         # the steady-state cost.
         "epoch_seconds": float(np.median(epoch_seconds[1:] or epoch_seconds)),
+        "max_epochs": settings.epochs,
+        "patience": settings.patience,
         "params_total": total,
         "params_active": active,
     }
@@ -127,31 +138,53 @@ def _routing_columns(history: pd.DataFrame, best: int) -> dict:
     return columns
 
 
-def run_configs(configs, dataset, seeds, settings, log=print, on_run=None):
+def run_configs(configs, dataset, seeds, settings, log=print, on_run=None, store=None, dataset_key=None):
     """Trains every config under every seed, printing progress.
 
     Args:
         on_run: optional `f(config, seed, row, history, model, validation)`
-            called after each run (e.g. to keep per-epoch curves).
+            called after each run (e.g. to keep per-epoch curves). It may
+            add entries to `row`, which the run's record keeps. For a run
+            read back from its record, `model` and `validation` are `None`.
+        store: optional `run_store.RunStore`: a run with a record is read
+            back instead of trained, a new run is recorded, and runs that
+            another shard owns are skipped (left out of the result).
+        dataset_key: the dataset's part of the record names (default
+            `dataset.name`), e.g. `fashion-15000` for a subset.
 
     Returns:
-        DataFrame with one row per (config, seed).
+        DataFrame with one row per (config, seed) run (trained or read back).
     """
     rows = []
     total = len(configs) * len(seeds)
+    key = dataset_key or dataset.name
+    position = -1
     for config in configs:
         for seed in seeds:
+            position += 1
+            recorded = store.load(config.label, key, seed) if store is not None else None
+            if recorded is not None:
+                row, history = recorded
+                rows.append(row)
+                if on_run is not None:
+                    on_run(config, seed, row, history, None, None)
+                continue
+            if store is not None and not store.owns(position):
+                continue
             keras.backend.clear_session()
             started = time.perf_counter()
             row, history, model, validation = train_once(config, dataset, seed, settings)
+            if on_run is not None:
+                on_run(config, seed, row, history, model, validation)
             rows.append(row)
+            if store is not None:
+                store.save(config.label, key, seed, row, history, config.model,
+                           replace(config.settings or settings, seed=seed), started)
             log(
-                f"[{len(rows)}/{total}] {dataset.name} {config.label} seed={seed}: "
+                f"[{position + 1}/{total}] {key} {config.label} seed={seed}: "
                 f"test acc {row['test_accuracy']:.4f}, val acc {row['val_accuracy']:.4f}, "
                 f"{row['epochs_run']} epochs, {time.perf_counter() - started:.1f}s"
             )
-            if on_run is not None:
-                on_run(config, seed, row, history, model, validation)
     return pd.DataFrame(rows)
 
 

@@ -18,8 +18,12 @@ from scipy.stats import entropy
 from sklearn.metrics import mutual_info_score
 
 from moe_keras import routing_counts
+from moe_keras import routing_maps
 from pipelines.experiments import datasets as datasets_lib
+from pipelines.experiments import models
 from pipelines.experiments import plots
+from pipelines.experiments.run_store import RunStore
+from pipelines.experiments.runner import Config
 from pipelines.experiments.runner import TrainSettings, aggregate, baseline_config, moe_config, run_configs
 
 SUMMARY_VALUES = (
@@ -45,6 +49,35 @@ class Context:
     subset: tuple = (10_000, 2_000)  # train / test of the larger datasets
     quick: bool = False
     log: Callable[[str], None] = field(default=print)
+    # Full-size studies (datasize, experts_scale, conv_experts, and the
+    # others on a non-default dataset) keep one record per run here and
+    # resume from them; `shard` splits their runs between processes.
+    records: Path | None = None
+    shard: tuple[int, int] | None = None
+    sizes: tuple = ()
+    archs: tuple = ("mlp", "cnn")
+
+    def store(self, experiment: str) -> RunStore | None:
+        if self.records is None:
+            return None
+        return RunStore(self.records, experiment, self.shard)
+
+    @property
+    def sharded(self) -> bool:
+        """A shard trains its runs and records them; the tables wait for
+        the call without a shard."""
+        return self.shard is not None
+
+    @property
+    def tag(self) -> str:
+        """Suffix of the output files of an experiment run on a dataset other
+        than the digits, so that it does not replace the digits' tables."""
+        if self.dataset == "digits":
+            return ""
+        return f"_{self.dataset}{self.subset[0] // 1000}k"
+
+    def dataset_key(self, dataset) -> str:
+        return f"{dataset.name}-{len(dataset.y_train)}"
 
     def load(self, name=None):
         """The named dataset (default `self.dataset`), shrunk under --quick."""
@@ -59,13 +92,25 @@ class Context:
 
 
 def _write(context, name, frame, by):
-    """Writes the per-seed table and its summary; returns the summary."""
+    """Writes the per-seed table and its summary; returns the summary.
+
+    `name` carries the context's `tag` (see `_named`)."""
     context.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(context.out / f"{name}.csv", index=False)
     summary = aggregate(frame, by, SUMMARY_VALUES)
     summary.to_csv(context.out / f"{name}_summary.csv", index=False)
     context.log(f"wrote {context.out / (name + '.csv')} and {name}_summary.csv")
     return summary
+
+
+def _named(context, name):
+    return name + context.tag
+
+
+def _run(context, experiment, configs, dataset, settings, on_run=None, seeds=None):
+    """`run_configs` with the context's run records (if any)."""
+    return run_configs(configs, dataset, context.seeds if seeds is None else seeds, settings, context.log,
+                       on_run, store=context.store(experiment), dataset_key=context.dataset_key(dataset))
 
 
 def _collect_histories(store):
@@ -101,14 +146,16 @@ def collapse(context: Context):
         for alpha in alphas
     ]
     histories = []
-    frame = run_configs(configs, context.load(), context.seeds, settings, context.log,
-                        _collect_histories(histories))
+    frame = _run(context, "collapse", configs, context.load(), settings, _collect_histories(histories))
+    if context.sharded:
+        return None
     epochs = pd.concat(histories, ignore_index=True)
     context.out.mkdir(parents=True, exist_ok=True)
-    epochs.to_csv(context.out / "collapse_epochs.csv", index=False)
-    summary = _write(context, "collapse", frame, ["config", "inputs", "alpha"])
-    plots.load_over_epochs(epochs, context.out / "collapse_load.png")
-    plots.entropy_over_epochs(epochs, math.log(3), context.out / "collapse_entropy.png")
+    name = _named(context, "collapse")
+    epochs.to_csv(context.out / f"{name}_epochs.csv", index=False)
+    summary = _write(context, name, frame, ["config", "inputs", "alpha"])
+    plots.load_over_epochs(epochs, context.out / f"{name}_load.png")
+    plots.entropy_over_epochs(epochs, math.log(3), context.out / f"{name}_entropy.png")
     return summary
 
 
@@ -130,13 +177,15 @@ def gating(context: Context):
         moe_config("gate=1 (renormalised)", 3, 1, {"switch_loss_weight": 0.01, "normalize_top_k": True}, gate="1"),
     ]
     histories = []
-    frame = run_configs(configs, context.load(), context.seeds, settings, context.log,
-                        _collect_histories(histories))
+    frame = _run(context, "gating", configs, context.load(), settings, _collect_histories(histories))
+    if context.sharded:
+        return None
     context.out.mkdir(parents=True, exist_ok=True)
-    pd.concat(histories, ignore_index=True).to_csv(context.out / "gating_epochs.csv", index=False)
-    summary = _write(context, "gating", frame, ["config", "gate"])
+    name = _named(context, "gating")
+    pd.concat(histories, ignore_index=True).to_csv(context.out / f"{name}_epochs.csv", index=False)
+    summary = _write(context, name, frame, ["config", "gate"])
     plots.entropy_over_epochs(pd.concat(histories, ignore_index=True), math.log(3),
-                              context.out / "gating_entropy.png")
+                              context.out / f"{name}_entropy.png")
     return summary
 
 
@@ -168,9 +217,12 @@ def balancing(context: Context):
     """Every balancing method on MoE(n=3, k=1): entropy, max load, accuracy, time."""
     methods = [m for m in BALANCING_METHODS if not context.quick or m[0] in QUICK_BALANCING]
     configs = [moe_config(name, 3, 1, routing, method=name) for name, routing in methods]
-    frame = run_configs(configs, context.load(), context.seeds, context.settings, context.log)
-    summary = _write(context, "balancing", frame, ["config"])
-    plots.balancing_bars(summary, math.log(3), context.out / "balancing.png")
+    frame = _run(context, "balancing", configs, context.load(), context.settings)
+    if context.sharded:
+        return None
+    name = _named(context, "balancing")
+    summary = _write(context, name, frame, ["config"])
+    plots.balancing_bars(summary, math.log(3), context.out / f"{name}.png")
     return summary
 
 
@@ -277,6 +329,158 @@ def normalised_mutual_information(counts) -> float:
     return float(mutual / expert_entropy) if expert_entropy > 1e-9 else 0.0
 
 
+# At scale: data size, many experts, conv experts -------------------------
+
+DATA_SIZES = (1_000, 4_000, 15_000, 60_000)
+QUICK_DATA_SIZES = (100, 300)
+FULL_SIZE = 60_000
+
+# Sized epochs: each run may take about this many optimizer steps (the
+# epochs follow from the training-split size), within the bounds, and stops
+# early on validation loss with a patience of an eighth of its epochs.
+STEP_BUDGET = {"mlp": 15_000, "cnn": 8_000}
+EPOCH_BOUNDS = {"mlp": (15, 150), "cnn": (10, 60)}
+PATIENCE_BOUNDS = (3, 10)
+
+
+def sized_settings(settings, arch: str, train_size: int):
+    """The study recipe with epochs and patience sized to `train_size`."""
+    fit_rows = train_size * (1 - settings.validation_fraction)
+    steps = max(1, math.ceil(fit_rows / settings.batch_size))
+    low, high = EPOCH_BOUNDS[arch]
+    epochs = min(high, max(low, math.ceil(STEP_BUDGET[arch] / steps)))
+    patience = min(PATIENCE_BOUNDS[1], max(PATIENCE_BOUNDS[0], epochs // 8))
+    return TrainSettings(**{**vars(settings), "epochs": epochs, "patience": patience})
+
+
+def _sized(context, arch, train_size):
+    """`sized_settings`, or the context's own (one epoch) under --quick."""
+    return context.settings if context.quick else sized_settings(context.settings, arch, train_size)
+
+
+DATASIZE_MOE = ((1, 4), (1, 16), (2, 4), (2, 16))  # (k, n) at the baseline's active size
+
+
+def datasize_configs(arch: str) -> list:
+    """The data-size sweep's models of one architecture."""
+    if arch == "mlp":
+        configs = [baseline_config(arch="mlp", family="dense", num_experts=0, top_k=0)]
+        configs += [moe_config(f"n={n} k={k}", n, k, arch="mlp", family="moe") for k, n in DATASIZE_MOE]
+        configs += [
+            Config(f"dense, params of n={n}", models.wide_baseline(n),
+                   {"model": "wide", "arch": "mlp", "family": "dense-wide", "num_experts": n, "top_k": 0})
+            for n in sorted({n for _, n in DATASIZE_MOE})
+        ]
+        return configs
+    k, n = models.CNN_MOE
+    return [
+        Config("cnn dense head", models.cnn_dense_head(),
+               {"model": "baseline", "arch": "cnn", "family": "dense", "num_experts": 0, "top_k": 0}),
+        Config(f"cnn MoE({k},{n}) head", models.cnn_moe_head(),
+               {"model": "moe", "arch": "cnn", "family": "moe", "num_experts": n, "top_k": k}),
+    ]
+
+
+def _datasize_datasets(context):
+    """Fashion-MNIST subsets (one fixed stratified subset per size, one full
+    test set), then the 5,000 digits; smallest first."""
+    sizes = context.sizes or (QUICK_DATA_SIZES if context.quick else DATA_SIZES)
+    full = datasets_lib.load_idx(context.idx_dir, None, None)
+    if context.quick:
+        full = datasets_lib.shrink(full, max(sizes), QUICK_SIZES[1])
+    for size in sorted(sizes):
+        yield datasets_lib.subset(full, size)
+    digits = context.load("digits")
+    yield digits
+
+
+def datasize(context: Context):
+    """Does MoE need more data? Dense MLP, MoE k in {1, 2} x n in {4, 16},
+    dense MLPs with the MoE's total parameters, and the pipeline's CNN with
+    its MoE head against its dense head, on 1k ... 60k Fashion-MNIST images
+    and the 5k digits, each with epochs sized to its data."""
+    frames = []
+    datasets = list(_datasize_datasets(context))
+    for arch in context.archs:
+        configs = datasize_configs(arch)
+        if context.quick:
+            configs = configs[:2] if arch == "mlp" else configs
+        for dataset in datasets:
+            context.log(f"dataset: {dataset.description}")
+            settings = _sized(context, arch, len(dataset.y_train))
+            frames.append(_run(context, "datasize", configs, dataset, settings))
+    if context.sharded:
+        return None
+    frame = pd.concat(frames, ignore_index=True)
+    summary = _write(context, "datasize", frame, ["arch", "family", "config", "dataset", "train_size"])
+    plots.accuracy_vs_data_size(summary, context.out / "datasize.png")
+    plots.gap_vs_data_size(frame, context.out / "datasize_gap.png")
+    return summary
+
+
+SCALE_EXPERT_COUNTS = (2, 4, 8, 16, 64)
+
+
+def experts_scale(context: Context):
+    """n in {2, 4, 8, 16, 64} x k in {1, 2} on the full training set:
+    accuracy and step time against n (sparse dispatch, the layer's default)."""
+    counts = SCALE_EXPERT_COUNTS[:2] if context.quick else SCALE_EXPERT_COUNTS
+    configs = [baseline_config(num_experts=0, top_k=0)]
+    configs += [moe_config(f"n={n} k={k}", n, k) for k in TOP_KS for n in counts if k <= n]
+    dataset = _full_fashion(context)
+    frame = _run(context, "experts_scale", configs, dataset, _sized(context, "mlp", len(dataset.y_train)))
+    if context.sharded:
+        return None
+    frame["step_ms"] = 1000 * frame["epoch_seconds"] / np.ceil(
+        frame["train_size"] * (1 - context.settings.validation_fraction) / context.settings.batch_size)
+    summary = _write(context, "experts_scale", frame, ["config", "model", "num_experts", "top_k"])
+    plots.accuracy_and_time_vs_experts(frame, context.out / "experts_scale.png")
+    return summary
+
+
+def _full_fashion(context):
+    if context.quick:
+        return context.load("fashion")
+    dataset = datasets_lib.load_idx(context.idx_dir, None, None)
+    context.log(f"dataset: {dataset.description}")
+    return dataset
+
+
+CONV_ROUTINGS = ("sample", "pixel")
+CONV_EXPERTS = (1, 4)  # (k, n) of the MoEConv2D
+
+
+def conv_experts(context: Context):
+    """`MoEConv2D` (top-1 of 4 conv experts) as the CNN's second block's
+    first conv, routed per image or per pixel, against the plain CNN, on the
+    full training set; what the experts specialise in."""
+    k, n = CONV_EXPERTS
+    configs = [Config("cnn dense head", models.cnn_dense_head(),
+                      {"model": "baseline", "routing": "none", "num_experts": 0, "top_k": 0})]
+    configs += [Config(f"conv experts, {routing} routing", models.cnn_conv_experts(routing, n, k),
+                       {"model": "moe", "routing": routing, "num_experts": n, "top_k": k})
+                for routing in CONV_ROUTINGS]
+    dataset = _full_fashion(context)
+
+    def on_run(config, seed, row, history, model, validation):
+        if model is None or config.columns["routing"] == "none":
+            return
+        images = dataset.x_test.reshape(-1, 28, 28, 1)
+        row["class_expert_counts"] = routing_counts(model, images, dataset.y_test, num_classes=10).tolist()
+        row["class_expert_nmi"] = normalised_mutual_information(row["class_expert_counts"])
+        if config.columns["routing"] == "pixel":
+            row["expert_maps"] = routing_maps(model, images).tolist()
+
+    frame = _run(context, "conv_experts", configs, dataset, _sized(context, "cnn", len(dataset.y_train)), on_run)
+    if context.sharded:
+        return None
+    scalar = frame.drop(columns=[c for c in ("class_expert_counts", "expert_maps") if c in frame.columns])
+    summary = _write(context, "conv_experts", scalar, ["config", "routing"])
+    first = frame[frame["routing"] != "none"].groupby("config", sort=False).head(1)
+    plots.conv_routing_figure(first, dataset.name, context.out / "conv_experts.png")
+    return summary
+
+
 EXPERIMENTS = {
     "collapse": collapse,
     "balancing": balancing,
@@ -284,4 +488,7 @@ EXPERIMENTS = {
     "datasets": datasets,
     "specialisation": specialisation,
     "gating": gating,
+    "datasize": datasize,
+    "experts_scale": experts_scale,
+    "conv_experts": conv_experts,
 }

@@ -1,0 +1,112 @@
+"""One JSON record per trained run, so that a long study resumes where it
+stopped and its report is rebuilt from committed records.
+
+A record holds everything the tables need (the run's row of numbers and its
+per-epoch logs) plus its provenance (`pipelines.records.run_record`: command,
+seed, library versions, machine, load average, wall time). Records are
+written atomically once the run is finished, so a killed run leaves no
+record and is simply trained again next time.
+
+Runs can be shared between processes with `shard=(i, count)`: each process
+trains the runs whose position in the experiment's list is `i` modulo
+`count`, and a last call without a shard finds every record and writes the
+tables.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines import records
+
+SCHEMA = 1
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a config label (`n=4 k=1, std.` -> `n4-k1-std`)."""
+    text = re.sub(r"[=,.]", "", str(text).lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "run"
+
+
+@dataclass
+class RunStore:
+    """Where one experiment keeps its run records.
+
+    Attributes:
+        root: the folder of all study records (`reports/records/study`).
+        experiment: the experiment's name; its records go to
+            `root/<experiment>/`.
+        shard: `(index, count)` to train only every count-th run, or `None`.
+    """
+
+    root: Path
+    experiment: str
+    shard: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        if self.shard is not None:
+            index, count = self.shard
+            if not 0 <= index < count:
+                raise ValueError(f"`shard` must be (index, count) with 0 <= index < count; got {self.shard}.")
+
+    def path(self, label: str, dataset: str, seed: int) -> Path:
+        return self.root / self.experiment / f"{slug(dataset)}--{slug(label)}--s{int(seed)}.json"
+
+    def owns(self, position: int) -> bool:
+        """Whether this process trains the run at `position` of the experiment's list."""
+        return self.shard is None or position % self.shard[1] == self.shard[0]
+
+    def load(self, label: str, dataset: str, seed: int):
+        """`(row, history)` of a recorded run, or `None` if it has no record.
+
+        Raises:
+            ValueError: naming the file, when a record is not readable JSON
+                of this schema (it is never silently retrained over).
+        """
+        path = self.path(label, dataset, seed)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if record.get("schema") != SCHEMA:
+                raise ValueError(f"schema {record.get('schema')!r}, expected {SCHEMA}")
+            row, history = record["metrics"], pd.DataFrame(record["history"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a usable run record ({error}); delete it to train the run again.") from error
+        return row, history
+
+    def save(self, label: str, dataset: str, seed: int, row: dict, history: pd.DataFrame,
+             model_config, train_config, started: float) -> Path:
+        """Writes the record of a finished run (atomically)."""
+        path = self.path(label, dataset, seed)
+        record = records.run_record(
+            {"label": label, "model": asdict(model_config), "train": asdict(train_config)},
+            int(seed),
+            started,
+            schema=SCHEMA,
+            experiment=self.experiment,
+            dataset=dataset,
+            metrics=row,
+            history=history.to_dict("list"),
+        )
+        records.write_json_atomically(path, record)
+        return path
+
+
+def read_records(root: Path, experiment: str) -> list[dict]:
+    """Every record of `experiment` under `root`, sorted by file name."""
+    folder = Path(root) / experiment
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def now() -> float:
+    """The `started` value that `RunStore.save` measures wall time from."""
+    return time.perf_counter()
