@@ -24,6 +24,9 @@ EXPERIMENTS = {
     "datasets": ["datasets.png"],
     "specialisation": ["specialisation.png"],
     "gating": ["gating_entropy.png"],
+    "datasize": ["datasize.png", "datasize_gap.png"],
+    "experts_scale": ["experts_scale.png"],
+    "conv_experts": ["conv_experts.png"],
 }
 
 
@@ -325,3 +328,104 @@ def test_report_prints_na_for_a_one_seed_spread():
     assert report_lib._pct(0.97123, nan) == "97.12 ± n/a (1 seed)"
     assert report_lib._pm(0.5, nan) == "0.500 ± n/a (1 seed)"
     assert report_lib._pm(0.5, 0.0, 2) == "0.50 ± 0.00"  # a real zero spread stays 0
+
+
+# Runs at scale: records, resume, shards, sized epochs ------------------------
+
+
+def test_quick_runs_are_recorded_and_read_back_instead_of_retrained(study, tmp_path, monkeypatch):
+    from pipelines.experiments import runner
+
+    out, _ = study
+    records = out.parent / "runs" / "quick-records" / "datasize"
+    first = sorted(records.glob("*.json"))
+    # Two Fashion sizes and the digits, two MLP and two CNN models, one seed.
+    assert len(first) == 3 * 4
+    record = json.loads(first[0].read_text())
+    assert {"command", "versions", "machine", "metrics", "history", "timings"} <= set(record)
+    assert record["metrics"]["epochs_run"] == len(record["history"]["loss"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(runner, "train_once", no_training)
+    again = tmp_path / "again"
+    assert main(["datasize", "--quick", "--out", str(again), "--runs", str(out.parent / "runs"),
+                 "--data", str(out.parent / "idx")]) == 0
+    before = pd.read_csv(out / "datasize.csv")
+    after = pd.read_csv(again / "datasize.csv")
+    pd.testing.assert_frame_equal(before, after, check_like=True)
+
+
+def test_shards_split_the_runs_and_the_last_call_writes_the_tables(study, tmp_path):
+    out, _ = study
+    common = ["--quick", "--runs", str(tmp_path / "runs"), "--data", str(out.parent / "idx"),
+              "--arch", "mlp"]
+    assert main(["datasize", *common, "--out", str(tmp_path / "a"), "--shard", "0/2"]) == 0
+    records = tmp_path / "runs" / "quick-records" / "datasize"
+    # 3 datasets x 2 models x 1 seed = 6 runs; shard 0 owns positions 0
+    # of each dataset's 2 runs.
+    assert len(list(records.glob("*.json"))) == 3
+    assert not (tmp_path / "a" / "datasize.csv").exists()
+    assert main(["datasize", *common, "--out", str(tmp_path / "a"), "--shard", "1/2"]) == 0
+    assert len(list(records.glob("*.json"))) == 6
+    assert main(["datasize", *common, "--out", str(tmp_path / "a")]) == 0
+    assert len(pd.read_csv(tmp_path / "a" / "datasize.csv")) == 6
+
+
+def test_a_broken_record_is_named_and_not_trained_over(tmp_path):
+    from pipelines.experiments.run_store import RunStore
+
+    store = RunStore(tmp_path, "datasize")
+    path = store.path("n=4 k=1", "fashion-1000", 2)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="fashion-1000--n4-k1--s2.json"):
+        store.load("n=4 k=1", "fashion-1000", 2)
+    assert path.read_text() == "{not json"
+
+
+@pytest.mark.parametrize("text", ["2/2", "x", "1/0"])
+def test_bad_shard_exits_2(text, capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["datasize", "--shard", text])
+    assert error.value.code == 2
+    assert "I/N" in capsys.readouterr().err or "0 <= I < N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arch, train_size, epochs, patience",
+    [
+        # 51,000 fitted rows / 64 = 797 steps an epoch; 15,000 / 797 -> 19.
+        ("mlp", 60_000, 19, 3),
+        # 850 rows -> 14 steps; 15,000 / 14 = 1,072 epochs, capped at 150.
+        ("mlp", 1_000, 150, 10),
+        # 12,750 rows -> 200 steps; 8,000 / 200 = 40 epochs, patience 40 // 8.
+        ("cnn", 15_000, 40, 5),
+        # 797 steps; 8,000 / 797 -> 11 epochs.
+        ("cnn", 60_000, 11, 3),
+    ],
+)
+def test_sized_settings(arch, train_size, epochs, patience):
+    from pipelines.experiments.runner import STUDY_RECIPE
+    from pipelines.experiments.studies import sized_settings
+
+    settings = sized_settings(STUDY_RECIPE, arch, train_size)
+    assert (settings.epochs, settings.patience) == (epochs, patience)
+    assert settings.learning_rate == STUDY_RECIPE.learning_rate
+
+
+@pytest.mark.parametrize("num_experts", [4, 16])
+def test_wide_baseline_has_the_moes_total_parameters(num_experts):
+    from dataclasses import replace
+
+    from pipelines.experiments import models
+    from pipelines.models import build_model
+
+    moe = build_model(replace(models.moe(num_experts), input_shape=(784,)))
+    wide = models.wide_baseline(num_experts)
+    dense = build_model(replace(wide, input_shape=(784,)))
+    width = wide.mlp_hidden
+    # 784-w-64-10 with biases, counted by hand.
+    assert dense.count_params() == 784 * width + width + width * 64 + 64 + 64 * 10 + 10
+    assert abs(dense.count_params() - moe.count_params()) <= 784 + 1 + 64

@@ -176,3 +176,23 @@ def test_cnn_needs_image_inputs():
         ModelConfig(input_shape=(784,))
     with pytest.raises(ValueError, match="routing_defaults"):
         ModelConfig(routing_defaults="mine")
+
+
+def test_mlp_hidden_widens_the_mlp_baseline_and_names_it():
+    config = ModelConfig(arch="mlp", moe=None, mlp_hidden=516)
+    model = build_model(config)
+    dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [516, 64, 10]
+    assert config.name == "mlp-dense-h64-w516"
+
+
+@pytest.mark.parametrize("routing", ["sample", "pixel"])
+def test_conv_routing_reaches_the_moe_conv_layer(routing):
+    config = ModelConfig(moe=None, conv_moe=(1, 4), conv_routing=routing)
+    assert build_model(config).get_layer("moe_conv2").routing == routing
+    assert config.name.endswith("conv1of4" if routing == "sample" else "conv1of4-pixel")
+
+
+def test_unknown_conv_routing_is_refused():
+    with pytest.raises(ValueError, match="conv_routing"):
+        ModelConfig(conv_moe=(1, 2), conv_routing="token")

@@ -9,6 +9,7 @@ import pytest
 from moe_keras import MoEDense
 from moe_keras.usage import moe_layers
 from moe_keras.usage import routing_counts
+from moe_keras.usage import routing_maps
 from moe_keras.usage import summarize_counts
 
 
@@ -83,6 +84,22 @@ def test_routing_counts_count_every_position_under_its_examples_label():
     counts = routing_counts(model, x, Y, batch_size=4)
     # top-1 experts of X: [1, 0, 2, 1, 2, 0, 1]; second positions: [0, 2, 1, 2, 0, 1, 1].
     np.testing.assert_array_equal(counts, [[2, 3, 1], [0, 2, 2], [2, 1, 1]])
+
+
+def test_routing_maps_give_each_positions_expert_shares():
+    # Position 0 holds X (top-1 experts [1, 0, 2, 1, 2, 0, 1]); position 1
+    # holds X[0] in every example (top-1 expert 1).
+    x = np.stack([X, np.repeat(X[:1], len(X), axis=0)], axis=1)
+    maps = routing_maps(controlled_model(1, sequence=True), x, batch_size=3)
+    np.testing.assert_allclose(maps, [[2 / 7, 3 / 7, 2 / 7], [0, 1, 0]])
+
+
+def test_routing_maps_of_a_top_2_layer_add_up_to_two_per_position():
+    x = np.stack([X, np.roll(X, 2, axis=0)], axis=1)
+    maps = routing_maps(controlled_model(2, sequence=True), x)
+    np.testing.assert_allclose(maps.sum(axis=-1), [2.0, 2.0])
+    # Rolling the examples leaves the shares of a position unchanged.
+    np.testing.assert_allclose(maps[0], maps[1])
 
 
 def test_routing_counts_needs_an_moe_layer():
