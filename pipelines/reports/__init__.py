@@ -46,7 +46,7 @@ from typing import Callable
 
 from pipelines.records import markdown_table, write_text_atomically
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # The registry ----------------------------------------------------------------
@@ -605,14 +605,6 @@ def pipeline_runs(records: Records) -> str:
     return pipeline_table([records.json(p) for p in paths])
 
 
-if __name__ == "__main__":
-    # Run the registry of the importable module, so that builders registered
-    # from other modules (`from pipelines.reports import report_block`) count.
-    from pipelines.reports import main as _main
-
-    sys.exit(_main())
-
-
 # Peers (benchmarks/results/peers_*.json, written by benchmarks/bench_peers.py) --
 
 PEER_FILES = {"tensorflow": "peers_cpu_tf.json", "jax": "peers_cpu_jax.json"}
@@ -811,3 +803,7 @@ def example_upcycle(records: Records) -> str:
     if not records.glob("reports/records/examples/upcycle_vit-s*.json"):
         return "No full run of `examples/upcycle_vit.py` is recorded yet."
     return example_table(records, "upcycle_vit.py")
+
+
+# Builders kept in their own modules register their blocks on import.
+from pipelines.reports import study_scale  # noqa: E402,F401
