@@ -367,6 +367,10 @@ def test_shards_split_the_runs_and_the_last_call_writes_the_tables(study, tmp_pa
     # of each dataset's 2 runs.
     assert len(list(records.glob("*.json"))) == 3
     assert not (tmp_path / "a" / "datasize.csv").exists()
+    # Tables from what is recorded so far, training nothing.
+    assert main(["datasize", *common, "--out", str(tmp_path / "a"), "--recorded-only"]) == 0
+    assert len(list(records.glob("*.json"))) == 3
+    assert len(pd.read_csv(tmp_path / "a" / "datasize.csv")) == 3
     assert main(["datasize", *common, "--out", str(tmp_path / "a"), "--shard", "1/2"]) == 0
     assert len(list(records.glob("*.json"))) == 6
     assert main(["datasize", *common, "--out", str(tmp_path / "a")]) == 0

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                         help="train only runs I, I+N, I+2N, ... and record them; a later call without "
                              "--shard reads every record and writes the tables (run N processes at once)")
+    parser.add_argument("--recorded-only", action="store_true",
+                        help="train nothing: write the tables and figures from the runs recorded so far")
     parser.add_argument("--sizes", type=_sizes, default=(), metavar="N,N,...",
                         help="datasize: training-set sizes (default: 1000,4000,15000,60000)")
     parser.add_argument("--arch", choices=("mlp", "cnn", "all"), default="all",
@@ -95,6 +97,7 @@ def context_from(args) -> studies.Context:
         shard=args.shard,
         sizes=args.sizes,
         archs=("mlp", "cnn") if args.arch == "all" else (args.arch,),
+        recorded_only=args.recorded_only,
     )
 
 

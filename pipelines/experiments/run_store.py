@@ -44,11 +44,14 @@ class RunStore:
         experiment: the experiment's name; its records go to
             `root/<experiment>/`.
         shard: `(index, count)` to train only every count-th run, or `None`.
+        recorded_only: train nothing; the experiment's tables and figures
+            show the runs recorded so far.
     """
 
     root: Path
     experiment: str
     shard: tuple[int, int] | None = None
+    recorded_only: bool = False
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -62,6 +65,8 @@ class RunStore:
 
     def owns(self, position: int) -> bool:
         """Whether this process trains the run at `position` of the experiment's list."""
+        if self.recorded_only:
+            return False
         return self.shard is None or position % self.shard[1] == self.shard[0]
 
     def load(self, label: str, dataset: str, seed: int):

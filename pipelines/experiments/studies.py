@@ -56,11 +56,12 @@ class Context:
     shard: tuple[int, int] | None = None
     sizes: tuple = ()
     archs: tuple = ("mlp", "cnn")
+    recorded_only: bool = False
 
     def store(self, experiment: str) -> RunStore | None:
         if self.records is None:
             return None
-        return RunStore(self.records, experiment, self.shard)
+        return RunStore(self.records, experiment, self.shard, self.recorded_only)
 
     @property
     def sharded(self) -> bool:
