@@ -1,5 +1,7 @@
-"""The MoE study (issue 5): collapse, balancing, experts, datasets,
-specialisation, and the gating diagnosis.
+"""The MoE study: collapse, balancing, experts, datasets, specialisation,
+the gating diagnosis, and at scale on Fashion-MNIST the data-size sweep
+(`datasize`), many experts (`experts_scale`) and conv experts
+(`conv_experts`), each run kept as a JSON record (`run_store`).
 
 `python -m pipelines.experiments <name> [--out DIR] [--seeds N] [--epochs N]
 [--dataset ...] [--quick]` trains each configuration under several seeds
