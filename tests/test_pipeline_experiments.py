@@ -433,3 +433,12 @@ def test_wide_baseline_has_the_moes_total_parameters(num_experts):
     # 784-w-64-10 with biases, counted by hand.
     assert dense.count_params() == 784 * width + width + width * 64 + 64 + 64 * 10 + 10
     assert abs(dense.count_params() - moe.count_params()) <= 784 + 1 + 64
+
+
+def test_recorded_only_with_no_records_says_so_and_exits_1(study, tmp_path, capsys):
+    out, _ = study
+    code = main(["datasize", "--quick", "--recorded-only", "--out", str(tmp_path / "out"),
+                 "--runs", str(tmp_path / "runs"), "--data", str(out.parent / "idx")])
+    assert code == 1
+    assert "no run of datasize is recorded under" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "datasize.csv").exists()

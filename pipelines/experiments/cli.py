@@ -122,7 +122,11 @@ def main(argv=None) -> int:
             continue
         started = time.perf_counter()
         print(f"== {name} ==", flush=True)
-        studies.EXPERIMENTS[name](context)
+        try:
+            studies.EXPERIMENTS[name](context)
+        except studies.NothingRecorded as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         if context.sharded:
             # A shard's runs are in their records; the call without a shard
             # that writes the tables is the one the report lists.

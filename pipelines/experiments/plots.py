@@ -265,7 +265,7 @@ def accuracy_and_time_vs_experts(frame: pd.DataFrame, path: Path):
     moe = frame[frame["model"] == "moe"]
     base = frame[frame["model"] == "baseline"]
     for column, axis, label, scale in (("test_accuracy", axes[0], "test accuracy (%)", 100.0),
-                                       ("step_ms", axes[1], "train step (ms, median epoch)", 1.0)):
+                                       ("step_ms", axes[1], "epoch time per training step (ms)", 1.0)):
         for k, group in moe.groupby("top_k", sort=False):
             stats = group.groupby("num_experts")[column].agg(["mean", "std"]).fillna(0.0)
             axis.errorbar(stats.index, scale * stats["mean"], yerr=scale * stats["std"], marker="o", capsize=3,

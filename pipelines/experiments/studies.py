@@ -92,10 +92,16 @@ class Context:
         return dataset
 
 
+class NothingRecorded(RuntimeError):
+    """`--recorded-only` found no run of the experiment to tabulate."""
+
+
 def _write(context, name, frame, by):
     """Writes the per-seed table and its summary; returns the summary.
 
     `name` carries the context's `tag` (see `_named`)."""
+    if frame.empty:
+        raise NothingRecorded(f"no run of {name} is recorded under {context.records}; nothing to tabulate.")
     context.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(context.out / f"{name}.csv", index=False)
     summary = aggregate(frame, by, SUMMARY_VALUES)
@@ -413,6 +419,8 @@ def datasize(context: Context):
     if context.sharded:
         return None
     frame = pd.concat(frames, ignore_index=True)
+    if frame.empty:
+        raise NothingRecorded(f"no run of datasize is recorded under {context.records}; nothing to tabulate.")
     summary = _write(context, "datasize", frame, ["arch", "family", "config", "dataset", "train_size"])
     plots.accuracy_vs_data_size(summary, context.out / "datasize.png")
     plots.gap_vs_data_size(frame, context.out / "datasize_gap.png")

@@ -210,7 +210,8 @@ def experts_scale_table(records: Records) -> str:
             median_cell(step_ms, scale=1.0, digits=1),
             median_cell([m.get("final_max_load_ratio", 1.0) for m in metrics], scale=1.0),
         ))
-    return markdown_table(["model", "total params", "active params", "test acc %", "train step ms",
+    return markdown_table(["model", "total params", "active params", "test acc %",
+                           "epoch time per training step, ms (validation included)",
                            "busiest expert / ideal load"], rows)
 
 
