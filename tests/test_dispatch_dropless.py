@@ -91,7 +91,17 @@ def grouped_engine(tokens, kernels, weights, indices, mask=None):
         kernels.shape[0])
 
 
-ENGINES = [bucket_engine, exact_engine, grouped_engine]
+def strategy_engine(tokens, kernels, weights, indices, mask=None):
+    """What the layers call: buffers while balanced, sorted rows past
+    `ROWS_MIN_IMBALANCE` times the mean load."""
+    return dispatch.dropless_mixture(
+        tokens, indices, weights, kernels.shape[0],
+        run_buffers=lambda buffers, layout: ops.einsum("etd,edu->etu", buffers, kernels),
+        run_rows=lambda rows, plan, layout: dispatch.grouped_matmul(rows, kernels, plan.group_sizes),
+        token_mask=mask)
+
+
+ENGINES = [bucket_engine, exact_engine, grouped_engine, strategy_engine]
 CASES = {
     "spread": {},
     # Expert 0 takes every token's first choice; with k=1 the other five
@@ -198,3 +208,74 @@ def test_choose_dispatch(mode, n, k, factor, expected):
 def test_choose_dispatch_rejects_unknown_mode():
     with pytest.raises(ValueError, match="dispatch"):
         dispatch.choose_dispatch("fast", 8, 1, None)
+
+
+@pytest.mark.parametrize("case, rows", [("spread", False), ("one_expert_takes_all", True),
+                                        ("one_expert_in_every_token", True)])
+def test_imbalanced_calls_go_to_the_sorted_rows(monkeypatch, case, rows):
+    from moe_keras.dispatch import dropless
+
+    taken = []
+    switch = ops.switch
+
+    def recording(index, branches, *operands):
+        taken.append((int(np_(index)), len(branches)))
+        return switch(index, branches, *operands)
+
+    monkeypatch.setattr(dropless.ops, "switch", recording)
+    tokens, kernels, weights, indices = problem(6, **CASES[case])
+    busiest = np.bincount(indices.ravel(), minlength=6).max()
+    mean = indices.size / 6
+    # The cases sit clearly on their side of the bound.
+    assert (busiest > dispatch.ROWS_MIN_IMBALANCE * mean) == rows
+    got = np_(strategy_engine(tokens, kernels, weights, indices))
+    np.testing.assert_allclose(got, reference_mixture(tokens, kernels, weights, indices), rtol=1e-4, atol=1e-4)
+    ((index, branches),) = taken
+    # The sorted rows are the last branch, after the rungs up to 2x the mean.
+    assert (index == branches - 1) == rows
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unknown_batch_size_graph_picks_the_engine_at_run_time(case):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only TensorFlow traces batches of unknown size")
+    import tensorflow as tf
+
+    tokens, kernels, weights, indices = problem(7, **CASES[case])
+    k = indices.shape[1]
+    function = tf.function(
+        lambda t, w, i: strategy_engine(t, kernels, w, i),
+        input_signature=[tf.TensorSpec((None, tokens.shape[1])), tf.TensorSpec((None, k)),
+                         tf.TensorSpec((None, k), tf.int32)])
+    got = np_(function(tokens, weights, indices.astype("int32")))
+    np.testing.assert_allclose(got, reference_mixture(tokens, kernels, weights, indices), rtol=1e-4, atol=1e-4)
+
+
+def _adam_trained_weights(monkeypatch, bound):
+    from moe_keras import MoEDense
+    from moe_keras.dispatch import strategy
+
+    monkeypatch.setattr(strategy, "ROWS_MIN_IMBALANCE", bound)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(48, 6)).astype("float32")
+    y = rng.normal(size=(48, 1)).astype("float32")
+    model = keras.Sequential([
+        keras.Input((6,)),
+        MoEDense(4, num_experts=8, top_k=2, expert_hidden=5, switch_loss_weight=0.0, seed=1),
+        keras.layers.Dense(1),
+    ])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+def test_training_through_sorted_rows_equals_training_through_buffers(monkeypatch):
+    # Adam with a large rate turns any difference in how the engines'
+    # gradients reach the optimizer into a visible one: TensorFlow's
+    # gather gradient (IndexedSlices) is applied as a sparse update, in
+    # which the experts a step does not touch keep their moments.
+    rows = _adam_trained_weights(monkeypatch, 1e-3)  # every call on sorted rows
+    buffers = _adam_trained_weights(monkeypatch, 1e9)  # every call on buffers
+    for got, expected in zip(rows, buffers):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

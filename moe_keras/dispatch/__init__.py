@@ -29,6 +29,7 @@ from moe_keras.dispatch.grouped import sorted_mixture
 from moe_keras.dispatch.grouped import take_row_bias
 from moe_keras.dispatch.grouped import unpermute
 from moe_keras.dispatch.strategy import DISPATCH_MODES
+from moe_keras.dispatch.strategy import ROWS_MIN_IMBALANCE
 from moe_keras.dispatch.strategy import choose_dispatch
 from moe_keras.dispatch.strategy import dropless_engine
 from moe_keras.dispatch.strategy import dropless_mixture

@@ -14,8 +14,10 @@ layouts, both with shapes fixed at trace time:
   the experts run as one batched einsum over `(n, C, d)` buffers with their
   own weights, exactly as the capacity path does, but nothing is dropped
   because `C` is at least every group size. A balanced router lands on
-  the first rungs (1.1-1.5x the active compute); a collapsed one costs
-  more, never more than the dense path.
+  the first rungs (1.1-1.5x the active compute). Past twice the mean load
+  the buffers' `n * C` rows would outgrow the sorted rows' `T * k` plus
+  padding, so an imbalanced or collapsed router goes to the sorted rows
+  instead (`strategy.dropless_mixture`).
 * Sorted rows with a grouped matmul (`grouped.sorted_mixture`): the `T * k`
   choices sorted by expert run through `grouped.grouped_matmul`, JAX's
   `ragged_dot` where a backend kernel exists.
@@ -158,7 +160,8 @@ def sorted_dispatch_plan(choices, expert_indices, num_experts, capacity):
     return DispatchPlan(slot_choices, slot_ids)
 
 
-def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_experts, num_experts, capacities):
+def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_experts, num_experts, capacities,
+                     overflow=None):
     """Dropless mixture of the routed experts on the smallest rung that fits.
 
     Args:
@@ -171,7 +174,11 @@ def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_expert
             per-choice `(T * k, h)` tensor (a dropout mask) out like the
             buffers, `(n, C, h)`.
         num_experts: routed experts `n`.
-        capacities: `bucket_capacities(...)`.
+        capacities: `bucket_capacities(...)`, or its first rungs when
+            `overflow` is given.
+        overflow: optional function `(tokens, expert_weights) -> (T, u)`,
+            the same mixture by another engine, run when the busiest expert
+            holds more than the last capacity.
 
     Returns:
         `(T, u)`: `sum_j w[t, j] * E_{i[t, j]}(x_t)`; zeros for masked tokens.
@@ -197,6 +204,8 @@ def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_expert
         return mixture
 
     branches = [branch(capacity) for capacity in capacities]
+    if overflow is not None:
+        branches.append(overflow)
     if len(branches) == 1:
         return branches[0](tokens, expert_weights)
     if keras.backend.backend() == "jax":

@@ -18,6 +18,34 @@ def take_rows(values, index):
     return rows * ops.expand_dims(present, -1)
 
 
+def take_experts(weights, index):
+    """`weights[index]` along the experts' axis, with a dense gradient.
+
+    TensorFlow differentiates a gather into `IndexedSlices`, and Keras's
+    optimizers apply those as sparse updates: Adam's moments of the experts
+    a step did not index would not decay, so training would depend on the
+    engine. A segment sum gives the dense gradient that the dense and buffer
+    engines give.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.take(weights, index, axis=0)
+    num_experts = weights.shape[0]
+    # A variable passed straight in would make TensorFlow's custom gradient
+    # ask for its `variables`; its value is what is differentiated.
+    weights = ops.copy(weights)
+
+    @ops.custom_gradient
+    def take(weights):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return ops.segment_sum(upstream, index, num_segments=num_experts)
+
+        return ops.take(weights, index, axis=0), grad
+
+    return take(weights)
+
+
 def gather_rows(values, index, inverse_index):
     """`values[index]` (zero rows where `index == len(values)`), with a
     gather, not a scatter, as its gradient.

@@ -8,11 +8,10 @@ The `T * k` token choices are laid out as rows sorted by expert
 
 `grouped_matmul` has one signature and two kernels:
 
-* JAX: `jax.lax.ragged_dot`, a grouped GEMM whose gradient is one too. On
-  GPU and TPU it lowers to a grouped-GEMM kernel; on CPU XLA expands it to
-  a dense product over all groups, so `strategy.py` takes this path only
-  on an accelerator.
-* Every other backend: MegaBlocks-style blocks in `keras.ops`. Each
+* JAX on a GPU or TPU: `jax.lax.ragged_dot`, a grouped GEMM whose
+  gradient is one too. (On CPU XLA expands it to a dense product over all
+  groups.)
+* Everywhere else: MegaBlocks-style blocks in `keras.ops`. Each
   expert's rows are padded to a multiple of `block_size`, so the total is
   at most `R + n * (block_size - 1)` rows, a static bound; the blocks then
   run as one batched matmul against their experts' kernels.
@@ -24,9 +23,11 @@ import keras
 from keras import ops
 
 from moe_keras.dispatch.gather import gather_rows
+from moe_keras.dispatch.gather import take_experts
 from moe_keras.dispatch.gather import take_rows
 
 BLOCK_SIZE = 64
+ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
 """Rows per block of the portable grouped matmul."""
 
 
@@ -132,9 +133,10 @@ def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE):
     row_slot = ops.where(row < ops.sum(group_sizes), row_slot, num_blocks * block_size)
     blocks = gather_rows(rows, source, row_slot[:, None])
     blocks = ops.reshape(blocks, (num_blocks, block_size, features))
-    block_kernels = ops.take(kernels, expert[::block_size], axis=0)
+    block_kernels = take_experts(kernels, expert[::block_size])
     outputs = ops.einsum("bpd,bdu->bpu", blocks, block_kernels)
-    outputs = ops.reshape(outputs, (num_blocks * block_size, -1))
+    # The unit count stays static when the row count is not.
+    outputs = ops.reshape(outputs, (-1, kernels.shape[-1]))
     return gather_rows(outputs, row_slot, source[:, None])
 
 
@@ -152,7 +154,9 @@ def grouped_matmul(rows, kernels, group_sizes):
     if keras.backend.backend() == "jax":
         import jax
 
-        return jax.lax.ragged_dot(rows, kernels, group_sizes)
+        # On CPU XLA expands ragged_dot over every group (n times the work).
+        if jax.default_backend() in ACCELERATORS:
+            return jax.lax.ragged_dot(rows, kernels, group_sizes)
     return block_grouped_matmul(rows, kernels, group_sizes)
 
 
@@ -186,7 +190,7 @@ def sorted_mixture(tokens, expert_indices, expert_weights, choices, run_experts,
 def take_row_bias(bias, plan):
     """`(R, u)` per-row bias `bias[row_experts]`, zero past the valid rows."""
     num_valid = ops.sum(plan.group_sizes)
-    rows = ops.take(bias, plan.row_experts, axis=0)
+    rows = take_experts(bias, plan.row_experts)
     position = ops.cumsum(ops.ones_like(plan.row_experts)) - 1
     return rows * ops.cast(position < num_valid, rows.dtype)[:, None]
 
