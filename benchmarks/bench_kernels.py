@@ -11,9 +11,14 @@ Two tables, one backend per run (`KERAS_BACKEND`):
 * `dispatch`: a whole `MoEDense` train step (`train_on_batch`, SGD) with
   `dispatch="dense"` against the default dropless sparse dispatch, for
   `n / k` from 1.5 to 8: where `dispatch="auto"` should switch.
+* `imbalance` (`--imbalance`): the same train step with a spread router and
+  with one collapsed onto one or two experts, for the dense dispatch and
+  the dropless engines forced to buffers, forced to sorted rows, and as
+  `strategy.ROWS_MIN_IMBALANCE` chooses: where that bound should sit.
 
     KERAS_BACKEND=jax python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_jax.json
     KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_tf.json
+    KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_tf.json
 """
 
 import argparse
@@ -36,16 +41,19 @@ def parse_args(argv=None):
     parser.add_argument("--blocks", default="32,64,128")
     parser.add_argument("--ratios", default="3/2,2/1,4/2,3/1,8/2,4/1,8/1",
                         help="n/k pairs for the dispatch table")
+    parser.add_argument("--imbalance", action="store_true", help="only the imbalance table")
+    parser.add_argument("--tokens", default="1024,4096", help="tokens per step of the imbalance table")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.features, args.hidden = 64, 8, 12
         args.experts, args.blocks, args.ratios = "4", "8", "2/1,4/1"
-        args.steps, args.repeats = 2, 1
+        args.steps, args.repeats, args.tokens = 2, 1, "32"
     args.experts = [int(v) for v in args.experts.split(",")]
     args.blocks = [int(v) for v in args.blocks.split(",")]
     args.ratios = [tuple(int(v) for v in pair.split("/")) for pair in args.ratios.split(",")]
+    args.tokens = [int(v) for v in args.tokens.split(",")]
     return args
 
 
@@ -148,6 +156,58 @@ def dispatch_rows(args):
     return rows
 
 
+# Engine choices of the imbalance table: (dispatch, ROWS_MIN_IMBALANCE).
+ENGINES = {"dense": ("dense", None), "buffers": ("sparse", 1e9), "rows": ("sparse", 1e-3), "auto": ("sparse", None)}
+
+
+def imbalance_rows(args):
+    import keras
+
+    from moe_keras import MoEDense
+    from moe_keras.dispatch import strategy
+
+    default_bound = strategy.ROWS_MIN_IMBALANCE
+    rng = np.random.default_rng(2)
+    rows = []
+    for tokens in args.tokens:
+        for n, k in ((8, 2), (64, 2), (64, 1)) if not args.quick else ((4, 1),):
+            for router in ("spread", "collapsed"):
+                x = rng.normal(size=(tokens, args.features)).astype("float32")
+                if router == "collapsed":
+                    x = np.abs(x)
+                models = {}
+                for engine, (mode, bound) in ENGINES.items():
+                    strategy.ROWS_MIN_IMBALANCE = default_bound if bound is None else bound
+                    keras.utils.set_random_seed(0)
+                    inputs = keras.Input((args.features,))
+                    layer = MoEDense(args.features, n, top_k=k, expert_hidden=args.hidden, dispatch=mode,
+                                     switch_loss_weight=0.0)
+                    model = keras.Model(inputs, layer(inputs))
+                    model.compile(optimizer="sgd", loss="mse")
+                    if router == "collapsed":
+                        # Positive inputs and a router whose first two columns
+                        # are all positive: experts 0 and 1 take every token.
+                        kernel = np.zeros((args.features, n), "float32")
+                        kernel[:, 0], kernel[:, 1] = 1.0, 0.5
+                        layer.router_kernel.assign(kernel)
+                    # Traced now, under this engine's bound.
+                    model.train_on_batch(x, x)
+                    models[engine] = model
+                strategy.ROWS_MIN_IMBALANCE = default_bound
+                choices = np.asarray(models["auto"].layers[-1].expert_choices(x)).ravel()
+                busiest = np.bincount(choices, minlength=n).max() / (tokens * k / n)
+                times = {engine: [] for engine in models}
+                for _ in range(args.repeats):
+                    for engine, model in models.items():
+                        times[engine].append(timed_ms(lambda: [model.train_on_batch(x, x)], args.steps))
+                for engine, passes in times.items():
+                    rows.append({"table": "imbalance", "tokens": tokens, "n": n, "k": k, "router": router,
+                                 "busiest_over_mean": float(busiest), "engine": engine, "train_ms": passes})
+                print(f"imbalance T={tokens} n={n} k={k} {router:9s} busiest/mean={busiest:5.1f} "
+                      + " ".join(f"{e} {statistics.median(v):7.1f}" for e, v in times.items()), flush=True)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     import keras
@@ -155,7 +215,7 @@ def main(argv=None):
     from pipelines import records
 
     start = time.perf_counter()
-    rows = grouped_rows(args) + dispatch_rows(args)
+    rows = imbalance_rows(args) if args.imbalance else grouped_rows(args) + dispatch_rows(args)
     record = records.run_record(
         {k: v for k, v in vars(args).items() if k != "json"}, 0, start,
         backend=keras.backend.backend(), rows=rows,
