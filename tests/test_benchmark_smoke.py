@@ -151,3 +151,24 @@ def test_peer_verdicts_from_a_handmade_record():
     # 120/110 = 1.091, 260/220 = 1.182: median 1.136.
     # One KerasHub pass against both of ours: 3000/120 = 25, 3000/260 = 11.5.
     assert lines[4] == "KerasHub's train step over ours: 18.27 (11.54-25.00) (target >= 20.0): missed"
+
+
+def test_imbalance_benchmark_quick_collapses_the_router_and_restores_the_bound(tmp_path):
+    import importlib.util
+
+    from moe_keras.dispatch import strategy
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_kernels", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bound = strategy.ROWS_MIN_IMBALANCE
+    record = bench.main(["--quick", "--imbalance", "--json", str(tmp_path / "imbalance.json")])
+    assert strategy.ROWS_MIN_IMBALANCE == bound
+    rows = json.loads((tmp_path / "imbalance.json").read_text())["rows"]
+    assert {r["engine"] for r in rows} == {"dense", "buffers", "rows", "auto"}
+    busiest = {r["router"]: r["busiest_over_mean"] for r in rows}
+    # n=4, k=1: the collapsed router sends every token to expert 0.
+    assert busiest["collapsed"] == 4.0
+    assert busiest["spread"] < 2.0
+    assert record["rows"] == rows
