@@ -768,6 +768,37 @@ def kernels(records: Records) -> str:
     return "\n\n".join(parts)
 
 
+IMBALANCE_FILES = {"tensorflow": "imbalance_cpu_tf.json", "jax": "imbalance_cpu_jax.json"}
+
+
+def imbalance_table(run: dict) -> str:
+    rows = [r for r in run["rows"] if r["table"] == "imbalance"]
+    cases = list(dict.fromkeys((r["tokens"], r["n"], r["k"], r["router"]) for r in rows))
+    table = []
+    for case in cases:
+        by_engine = {r["engine"]: r for r in rows if (r["tokens"], r["n"], r["k"], r["router"]) == case}
+        buffers, sorted_rows = by_engine["buffers"], by_engine["rows"]
+        table.append([*case, _f(buffers["busiest_over_mean"], 1),
+                      *(_spread(by_engine[e]["train_ms"], 0) for e in ("dense", "buffers", "rows", "auto")),
+                      _spread(_pass_ratios(buffers, sorted_rows, "train_ms"))])
+    return markdown_table(["tokens", "n", "k", "router", "busiest / mean load", "dense ms", "buffers ms",
+                           "sorted rows ms", "automatic ms", "buffers over rows"], table)
+
+
+@report_block("benchmarks/README.md", "imbalance")
+def imbalance(records: Records) -> str:
+    parts = []
+    for backend, path, run in committed_runs(records, IMBALANCE_FILES):
+        parts.append(f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** (`{path}`; "
+                     f"{run['machine']['cpu_count']} CPU cores, 1-minute load average "
+                     f"{run['load_average'][0]:.1f} at the end; median over {run['config']['repeats']} "
+                     "interleaved passes, range in brackets)")
+        parts.append(imbalance_table(run))
+    if not parts:
+        return "No imbalance record is committed yet (`benchmarks/bench_kernels.py --imbalance --json`)."
+    return "\n\n".join(parts)
+
+
 # Examples (reports/records/examples/*.json, written by examples/*.py) ---------
 
 

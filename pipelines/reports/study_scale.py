@@ -350,3 +350,23 @@ def claims_table(records: Records) -> str:
                  "<br>".join(slopes) if slopes else "pending"))
     return markdown_table(["claim of the reference", "reference's numbers", "ours: MoE minus dense, mean [95% CI]"],
                           rows)
+
+
+@report_block(TARGET, "scale-datasize-routing")
+def datasize_routing_table(records: Records) -> str:
+    """How many experts the MoE models actually use at the end of training:
+    the busiest expert's share over the balanced share (n = one expert
+    takes everything), per data size."""
+    runs_ = [r for r in runs(records, "datasize") if r["metrics"]["family"] == "moe"]
+    table = grouped(runs_, "final_max_load_ratio")
+    header = ["model"] + [f"Fashion {size // 1000}k" for size in FASHION_SIZES] + ["digits 4k"]
+    rows = []
+    for arch, labels in _labels_by_arch(runs_).items():
+        for label in labels:
+            cells = [median_cell(list(table.get((label, "fashion", size), {}).values()), scale=1.0)
+                     for size in FASHION_SIZES]
+            cells.append(median_cell(list(table.get((label, *DIGITS_KEY), {}).values()), scale=1.0))
+            rows.append((f"{arch.upper()}: {label}", *cells))
+    if not rows:
+        return "Pending: no MoE run of the data-size sweep is recorded yet."
+    return markdown_table(header, rows)
