@@ -51,12 +51,12 @@ ROWS_MIN_IMBALANCE = 2.0
 busiest expert holds more than this multiple of the mean load `T * k / n`:
 buffers cost `n * busiest` rows, sorted rows `T * k` plus at most
 `n * (block - 1)` of padding whatever the imbalance. Measured on TensorFlow,
-2-core CPU, fwd + bwd of `MoEDense(256, expert_hidden=384)`, 1,024 and
-4,096 tokens (`benchmarks/results/imbalance_cpu_tf.json`): with a spread
-router (busiest 1.0-1.7x the mean) the buffers ran 1.6-2.4x faster; with
-two experts taking every token (4x the mean, n=8, k=2) the rows ran 1.6-1.7x
-faster, and with one or two experts taking every token of 64 (16-64x) 6.5-17x
-faster."""
+2-core CPU, a `MoEDense(256, expert_hidden=384)` train step at 1,024 and
+4,096 tokens (`benchmarks/results/imbalance_cpu_tf.json`, medians): with a
+spread router (busiest 1.0-1.5x the mean) the buffers took 0.47-0.60 of the
+rows' time; with two of 8 experts taking every token (4x the mean) the rows
+took 1/1.33 and 1/1.86 of the buffers' time, and with one or two of 64
+experts taking every token (32-64x) 1/3.6 to 1/12.6."""
 
 DISPATCH_MODES = ("auto", "dense", "sparse")
 
