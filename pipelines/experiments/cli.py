@@ -127,9 +127,9 @@ def main(argv=None) -> int:
         except studies.NothingRecorded as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        if context.sharded:
-            # A shard's runs are in their records; the call without a shard
-            # that writes the tables is the one the report lists.
+        if context.sharded or context.recorded_only:
+            # The runs and their commands are in their records (the report's
+            # provenance table reads them); the run log lists whole runs.
             continue
         _log_run(args.out, name + context.tag, argv, time.perf_counter() - started, args.quick)
     if args.name in ("report", "all"):
