@@ -208,7 +208,7 @@ def routing_heatmaps(matrices: dict, dataset: str, path: Path):
     _save(figure, path, tight=False)
 
 
-FAMILY_STYLE = {"dense": ("black", "o", "--"), "dense-wide": ("grey", "s", ":"), "moe": (None, "^", "-")}
+FAMILY_STYLE = {"dense": ("black", "o", "--"), "dense-wide": (None, "s", ":"), "moe": (None, "^", "-")}
 
 
 def accuracy_vs_data_size(summary: pd.DataFrame, path: Path):
