@@ -24,7 +24,7 @@ def _write_records(root):
             record = {
                 "config": {"label": label, "train": {"validation_fraction": 0.15, "batch_size": 64}},
                 "seed": seed,
-                "command": "python -m pipelines.experiments datasize --shard 0/2",
+                "command": "python3 /home/u/repo/pipelines/experiments/__main__.py datasize --shard 0/2",
                 "machine": {"cpu_count": 2, "processor": "x86_64"},
                 "load_average": [2.0, 2.0, 2.0],
                 "timings": {"total_s": 360.0},

@@ -268,6 +268,15 @@ def _machine(run: dict) -> str:
            f"{machine.get('accelerator') or 'no accelerator'}"
 
 
+def _command(recorded: str) -> str:
+    """A recorded command line as it is typed: `python -m pipelines.experiments ...`
+    (the record holds the interpreter and the module's file path)."""
+    words = recorded.split()[1:]
+    if words and words[0].endswith("pipelines/experiments/__main__.py"):
+        words = ["-m", "pipelines.experiments", *words[1:]]
+    return " ".join(["python", *words])
+
+
 @report_block(TARGET, "scale-commands")
 def commands_table(records: Records) -> str:
     rows = []
@@ -275,7 +284,7 @@ def commands_table(records: Records) -> str:
         runs_ = runs(records, experiment)
         if not runs_:
             continue
-        commands = sorted({" ".join(["python", *run["command"].split()[1:]]) for run in runs_})
+        commands = sorted({_command(run["command"]) for run in runs_})
         machines = sorted({_machine(run) for run in runs_})
         loads = [run["load_average"][0] for run in runs_ if run.get("load_average")]
         hours = sum(run["timings"]["total_s"] for run in runs_) / 3600
