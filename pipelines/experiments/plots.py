@@ -253,7 +253,7 @@ def gap_vs_data_size(frame: pd.DataFrame, path: Path):
     axis.set_xscale("log")
     axis.set_xlabel("training images (Fashion-MNIST, log scale)")
     axis.set_ylabel("accuracy minus the dense baseline (pp)")
-    axis.set_title("Does the gap to the dense baseline change with data? (mean ± std over seeds)")
+    axis.set_title("Gap to the dense baseline vs data size\n(mean ± std over seeds)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     _save(figure, path)
