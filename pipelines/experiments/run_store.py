@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +103,3 @@ class RunStore:
         )
         records.write_json_atomically(path, record)
         return path
-
-
-def read_records(root: Path, experiment: str) -> list[dict]:
-    """Every record of `experiment` under `root`, sorted by file name."""
-    folder = Path(root) / experiment
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-
-
-def now() -> float:
-    """The `started` value that `RunStore.save` measures wall time from."""
-    return time.perf_counter()
