@@ -419,8 +419,6 @@ def datasize(context: Context):
     if context.sharded:
         return None
     frame = pd.concat(frames, ignore_index=True)
-    if frame.empty:
-        raise NothingRecorded(f"no run of datasize is recorded under {context.records}; nothing to tabulate.")
     summary = _write(context, "datasize", frame, ["arch", "family", "config", "dataset", "train_size"])
     plots.accuracy_vs_data_size(summary, context.out / "datasize.png")
     plots.gap_vs_data_size(frame, context.out / "datasize_gap.png")
