@@ -108,25 +108,11 @@ def measure(baseline, data_dir, seeds, extra, keep=None):
     return runs
 
 
-def _pct(stats):
-    return f"{100 * stats['mean']:.2f} (median {100 * stats['median']:.2f}, {100 * stats['min']:.2f}-{100 * stats['max']:.2f})"
-
-
 def table(record):
-    """Markdown table of a record: one row per side, then the ratio."""
-    from pipelines.records import markdown_table
+    """Markdown table of a record (the report's own builder)."""
+    from pipelines.reports.digit_recognizer import default_run_table
 
-    summary = record["summary"]
-    rows = []
-    for side, label in (("baseline", f"`{record['baseline']}` (before)"), ("current", f"`{record['current']}`")):
-        s = summary[side]
-        wall = s["wall_time_s"]
-        rows.append([label, f"{wall['median']:.0f} ({wall['min']:.0f}-{wall['max']:.0f})",
-                     f"{s['process_s']['median']:.0f}", _pct(s["validation_accuracy"]), _pct(s["test_accuracy"])])
-    ratio = summary["training_time_ratio"]
-    rows.append(["ratio, seed by seed", f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})", "", "", ""])
-    return markdown_table(["code", "training s, median (range)", "whole command s, median",
-                           "validation accuracy % mean", "held-out accuracy % mean"], rows)
+    return default_run_table(record)
 
 
 def parse_args(argv):

@@ -162,17 +162,18 @@ def test_pipeline_runs_block_from_a_committed_record(tmp_path, blocks):
     reports.main(["--root", str(tmp_path)])
     assert "No run of the pipeline is recorded under `reports/records/digit_recognizer/` yet" in target.read_text()
 
-    (folder / "cnn-moe3of5-h64-s0.json").write_text(json.dumps(PIPELINE_RECORD))
+    (folder / "default").mkdir()
+    (folder / "default" / "cnn-moe3of5-h64-s0.json").write_text(json.dumps(PIPELINE_RECORD))
     assert reports.main(["--root", str(tmp_path), "--check"]) == 1
     reports.main(["--root", str(tmp_path)])
     assert target.read_text() == "\n".join([
         "# Grid",
         "",
         "<!-- begin: pipeline-runs -->",
-        "| run | model | hidden | seed | train % | validation % | labelled 1,000 (validation) % "
+        "| set | run | model | hidden | seed | train % | validation % | held-out 1,000 % "
         "| params total / active | epochs | time (s) | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        "| cnn-moe3of5-h64-s0 | MoE(3,5) | 64 | 0 | 99.50 | 98.75 | 99.0 | 1,127,594 / 709,418 | 40 | 95 "
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| default | cnn-moe3of5-h64-s0 | MoE(3,5) | 64 | 0 | 99.50 | 98.75 | 99.0 | 1,127,594 / 709,418 | 40 | 95 "
         "| tensorflow, 2 cores, no accelerator |",
         "<!-- end: pipeline-runs -->",
         "",

@@ -585,24 +585,26 @@ def pipeline_table(runs: list[dict]) -> str:
     for run in (r for r in runs if r.get("kind") != "ensemble"):
         config = run["model_config"]
         test = run.get("test_accuracy")
-        rows.append((run["name"], _model_name(config), config["hidden"], run["seed"],
+        rows.append((run["_set"], run["name"], _model_name(config), config["hidden"], run["seed"],
                      f"{100 * run['train_accuracy']:.2f}", f"{100 * run['validation_accuracy']:.2f}",
                      "-" if test is None else f"{100 * test:.1f}",
                      f"{run['params_total']:,} / {run['params_active']:,}", run["epochs_run"],
                      f"{run['wall_time_s']:.0f}",
                      f"{run['versions'].get('backend', '?')}, {run['machine'].get('cpu_count', '?')} cores, "
                      f"{run['machine'].get('accelerator') or 'no accelerator'}"))
-    return markdown_table(["run", "model", "hidden", "seed", "train %", "validation %", "labelled 1,000 (validation) %",
+    return markdown_table(["set", "run", "model", "hidden", "seed", "train %", "validation %", "held-out 1,000 %",
                            "params total / active", "epochs", "time (s)", "machine"], rows)
 
 
 @report_block("reports/digit_recognizer_grid.md", "pipeline-runs")
 def pipeline_runs(records: Records) -> str:
-    paths = records.glob(f"{PIPELINE_RECORDS}/*.json")
+    paths = records.glob(f"{PIPELINE_RECORDS}/**/*.json")
     if not paths:
         return (f"No run of the pipeline is recorded under `{PIPELINE_RECORDS}/` yet, so this report "
                 "quotes no accuracy and no time.")
-    return pipeline_table([records.json(p) for p in paths])
+    # The folder a record sits in names the set it belongs to (default, grid, options).
+    return pipeline_table([{**records.json(p), "_set": p[len(PIPELINE_RECORDS) + 1:].rpartition("/")[0] or "-"}
+                           for p in paths])
 
 
 # Peers (benchmarks/results/peers_*.json, written by benchmarks/bench_peers.py) --
@@ -838,3 +840,4 @@ def example_upcycle(records: Records) -> str:
 
 # Builders kept in their own modules register their blocks on import.
 from pipelines.reports import study_scale  # noqa: E402,F401
+from pipelines.reports import digit_recognizer  # noqa: E402,F401

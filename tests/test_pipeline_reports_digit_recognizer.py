@@ -1,0 +1,116 @@
+"""`pipelines.reports.digit_recognizer`: README's pipeline blocks from run
+records. Expected numbers are worked out by hand from the records below."""
+
+import json
+
+import pytest
+
+from pipelines.reports import Records
+from pipelines.reports import RecordError
+from pipelines.reports import digit_recognizer as blocks
+
+MACHINE = {"processor": "x86_64", "cpu_count": 2, "accelerator": None}
+
+
+def _run(moe, hidden, seed, test, validation=0.98, wall=60.0, **extra):
+    return {
+        "name": f"run-{moe}-{hidden}-{seed}", "seed": seed, "model_config": {"arch": "cnn", "moe": moe, "hidden": hidden},
+        "train_config": {"deterministic": False}, "train_accuracy": 0.999, "validation_accuracy": validation,
+        "test_accuracy": test, "params_total": 1000, "params_active": 600, "epochs_run": 20,
+        "wall_time_s": wall, "machine": MACHINE, **extra,
+    }
+
+
+def _write(root, folder, name, record):
+    path = root / blocks.RUNS / folder / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_seeds_block_pairs_moe_and_dense_by_seed(tmp_path):
+    # MoE minus dense: +0.2, +0.4, 0.0 pp; mean +0.2, sd 0.2,
+    # t(0.975, 2) = 4.303 -> half width 4.303 * 0.2 / sqrt(3) = 0.497.
+    for seed, (moe, dense) in enumerate([(0.991, 0.989), (0.992, 0.988), (0.990, 0.990)]):
+        _write(tmp_path, "default", f"moe-{seed}", _run([3, 5], 64, seed, moe))
+        _write(tmp_path, "default", f"dense-{seed}", _run(None, 192, seed, dense))
+    text = blocks.pipeline_seeds(Records(tmp_path))
+    assert "| MoE(3,5) h64 | 0, 1, 2 | 99.10 / 99.20 / 99.00 | 99.10 |" in text
+    assert "| dense h192 | 0, 1, 2 | 98.90 / 98.80 / 99.00 | 98.90 |" in text
+    assert "+0.20, +0.40, +0.00 pp, mean +0.20 pp, 95% t interval [-0.30, +0.70] over 3 seeds" in text
+    assert "99.10% (target at least 99.0%: met)" in text
+
+
+def test_seeds_block_says_missed_below_the_target(tmp_path):
+    for seed, accuracy in enumerate([0.989, 0.990, 0.988]):
+        _write(tmp_path, "default", f"moe-{seed}", _run([3, 5], 64, seed, accuracy))
+        _write(tmp_path, "default", f"dense-{seed}", _run(None, 192, seed, accuracy))
+    assert "98.90% (target at least 99.0%: missed)" in blocks.pipeline_seeds(Records(tmp_path))
+
+
+def test_speed_block_checks_every_seed_and_the_whole_command(tmp_path):
+    def side(wall, process):
+        return {"wall_time_s": {"median": wall, "min": wall - 1, "max": wall + 1},
+                "process_s": {"median": process, "min": process - 2, "max": process + 2},
+                "validation_accuracy": {"mean": 0.985, "median": 0.985, "min": 0.98, "max": 0.99},
+                "test_accuracy": {"mean": 0.99, "median": 0.99, "min": 0.988, "max": 0.992}}
+
+    record = {
+        "baseline": "c619839", "current": "abc1234", "seeds": [0, 1], "machine": MACHINE,
+        "runs": [{"load_average": [1.5, 1, 1]}, {"load_average": [2.5, 1, 1]}],
+        "summary": {"baseline": side(200, 230), "current": side(90, 120),
+                    "training_time_ratio": {"per_seed": [0.45, 0.52], "median": 0.485, "min": 0.45, "max": 0.52}},
+    }
+    path = tmp_path / blocks.SPEED_RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    text = blocks.default_run_speed(Records(tmp_path))
+    assert "| `c619839` (before) | 200 (199-201) | 230 (228-232) | 98.50 (98.00-99.00) | 99.00 (98.80-99.20) |" in text
+    assert "| ratio, seed by seed | 0.48 (0.45-0.52) |" in text
+    # One seed over 0.5: the target is missed, and the line says on how many it held.
+    assert "median 0.48 (target at most 0.5: missed on 1 of 2 seeds)" in text
+    assert "took 120 s (118-122) (target under 5 min: met)" in text
+    assert "load average 1.5-2.5" in text
+
+
+def test_grid_block_compares_the_ensemble_with_its_best_member(tmp_path):
+    _write(tmp_path, "grid", "a", _run([3, 5], 64, 0, 0.990))
+    _write(tmp_path, "grid", "b", _run(None, 64, 0, 0.987))
+    _write(tmp_path, "grid", "grid-ensemble", {
+        "kind": "ensemble", "members": ["a.json", "b.json"], "validation_accuracy": 0.9875, "validation_rows": 400,
+        "test_accuracy": 0.993, "params_total": 2000, "params_active": 1200, "members_wall_time_s": 120.0})
+    text = blocks.pipeline_grid(Records(tmp_path))
+    assert "| grid-ensemble (mean of 2 softmax outputs) | - | 98.75 (out-of-bag, 400 rows) | 99.30 |" in text
+    assert "99.30% on the held-out digits against 99.00% for its best member (target at least 99.25%: met)" in text
+
+
+def test_options_block_pairs_each_option_with_its_own_without(tmp_path):
+    for seed, (without, with_) in enumerate([(0.990, 0.992), (0.989, 0.990)]):
+        tta = {"shifts": [[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], "test_accuracy": with_,
+               "test_accuracy_without": without, "validation_accuracy": 0.99, "validation_accuracy_without": 0.99}
+        _write(tmp_path, "options", f"tta-{seed}", _run([3, 5], 64, seed, with_, tta=tta))
+    pseudo = {"threshold": 0.99, "test_images": 950, "test_rows": 1000, "retrained": True,
+              "first_pass": {"validation_accuracy": 0.985, "test_accuracy": 0.990}}
+    _write(tmp_path, "options", "pseudo-0", _run([3, 5], 64, 0, 0.989, validation=0.9875, pseudo_label=pseudo))
+    text = blocks.pipeline_options(Records(tmp_path))
+    assert "| `--tta` | 0 | 99.00 -> 99.00 | 99.00 -> 99.20 | 5 views |" in text
+    # +0.2 and +0.1 pp: mean +0.15, sd 0.0707, t(0.975, 1) = 12.706 -> half width 0.635.
+    assert "TTA on the held-out digits: +0.20, +0.10 pp seed by seed, mean +0.15, 95% t interval [-0.49, +0.79]" in text
+    assert "| `--pseudo-label 0.99` | 0 | 98.50 -> 98.75 | 99.00 -> 98.90 | 950 of 1000 test images labelled" in text
+    assert "(retrained minus first pass): -0.10 pp seed by seed, mean -0.10" in text
+
+
+def test_deterministic_run_needs_its_default_run(tmp_path):
+    _write(tmp_path, "options", "det-0", {**_run([3, 5], 64, 0, 0.99, wall=90.0),
+                                          "train_config": {"deterministic": True}})
+    with pytest.raises(RecordError, match="seed 0 has no default run"):
+        blocks.pipeline_options(Records(tmp_path))
+    _write(tmp_path, "default", "moe-0", _run([3, 5], 64, 0, 0.99, wall=60.0))
+    assert "90 s against 60 s without (1.50x, separate processes)" in blocks.pipeline_options(Records(tmp_path))
+
+
+def test_blocks_say_what_is_not_recorded(tmp_path):
+    records = Records(tmp_path)
+    assert "not committed" in blocks.default_run_speed(records)
+    assert "No run is recorded" in blocks.pipeline_seeds(records)
+    assert "No `--grid` run" in blocks.pipeline_grid(records)
+    assert "No run with `--tta`" in blocks.pipeline_options(records)
