@@ -110,7 +110,7 @@ def _add_train_arguments(parser):
     balance.add_argument("--router-temperature", type=float, default=0.1, help="temperature of the cosine router (default 0.1)")
     balance.add_argument("--router-noise", choices=("gaussian", "learned"), default=None)
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=20, help="epochs of the cosine learning-rate schedule (default 20)")
+    training.add_argument("--epochs", type=int, default=40, help="epochs of the cosine learning-rate schedule (default 40)")
     training.add_argument("--batch-size", type=int, default=64)
     training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule (Adam)")
     training.add_argument("--seed", type=_seed, default=0, help="the run's seed, 0 to 2**32 - 1 (default 0); --ensemble N uses SEED..SEED+N-1")

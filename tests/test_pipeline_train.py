@@ -65,7 +65,7 @@ class _LearningRates(keras.callbacks.Callback):
 
 def test_pipeline_recipe_values_are_the_pipelines():
     config = TrainConfig()
-    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (20, 64, 2e-3, "cosine")
+    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (40, 64, 2e-3, "cosine")
     assert (config.validation_fraction, config.patience, config.verbose) == (0.1, 10, 1)
     # Validation loss is watched from 3/4 of the schedule on.
     assert config.early_stopping_from_epoch == 30
