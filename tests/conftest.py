@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import pathlib
 
 import numpy as np
 import pytest
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path):
+    """A script that is not in a package (`benchmarks/*.py`) imported as a
+    module, so tests can call its functions."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def gradients(fn, *arrays):

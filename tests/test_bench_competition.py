@@ -3,7 +3,6 @@ competition-layout CSVs (here a small synthetic Fashion-MNIST-like pool
 written by `pipelines.fashion_csv --quick`) and writes a complete record."""
 
 import gzip
-import importlib.util
 import json
 import math
 import os
@@ -16,15 +15,10 @@ import pytest
 
 from pipelines import fashion_csv
 
+from conftest import load_script
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_competition.py"
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_competition", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _quick_csvs(tmp_path):
@@ -128,7 +122,7 @@ def test_quick_grid_times_six_runs(tmp_path):
 
 
 def test_grid_refuses_a_folder_with_runs_in_it(tmp_path):
-    bench = _bench_module()
+    bench = load_script("benchmarks/bench_competition.py")
     (tmp_path / "grid").mkdir()
     (tmp_path / "grid" / "cnn-dense-h64.json").write_text("{}")
     with pytest.raises(ValueError, match="not empty"):

@@ -1,7 +1,6 @@
 """`benchmarks/bench_default_run.py --quick`: README's main job at a baseline
 commit and at the working tree, each in its own process, on tiny CSVs."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -10,15 +9,10 @@ import sys
 import numpy as np
 import pandas as pd
 
+from conftest import load_script
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_default_run.py"
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_default_run", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_csvs(directory, train_rows=60, test_rows=12):
@@ -62,7 +56,7 @@ def test_quick_record_has_both_sides_and_their_ratio(tmp_path):
 
 
 def test_the_order_alternates_between_seeds(tmp_path, monkeypatch):
-    bench = _bench_module()
+    bench = load_script("benchmarks/bench_default_run.py")
     calls = []
 
     def fake_run(code_dir, data_dir, seed, out_dir, extra):

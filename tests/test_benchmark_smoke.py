@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from conftest import load_script
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_moe.py"
 
@@ -82,17 +84,8 @@ def test_bench_moe_quick_writes_json(tmp_path):
             assert "fwd_bwd_vs_n8" in rows[("MoEDense", dispatch, 4, 1)]
 
 
-def _bench_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_moe", ROOT / "benchmarks" / "bench_moe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_median_rows_takes_each_configurations_median_pass():
-    bench = _bench_module()
+    bench = load_script("benchmarks/bench_moe.py")
     passes = [
         [dict(layer="MoEDense", dispatch="sparse", n=8, k=1, ms=ms, fwd_bwd_ms=fb)]
         for ms, fb in ((10.0, 4.0), (30.0, 5.0), (20.0, 100.0))

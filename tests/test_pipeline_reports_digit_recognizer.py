@@ -67,8 +67,9 @@ def test_speed_block_checks_every_seed_and_the_whole_command(tmp_path):
     assert "| `c619839` (before) | 200 (199-201) | 230 (228-232) | 98.50 (98.00-99.00) | 99.00 (98.80-99.20) |" in text
     assert "| ratio, seed by seed | 0.48 (0.45-0.52) |" in text
     # One seed over 0.5: the target is missed, and the line says on how many it held.
-    assert "median 0.48 (target at most 0.5: missed on 1 of 2 seeds)" in text
-    assert "took 120 s (118-122) (target under 5 min: met)" in text
+    assert "median 0.48; at most 0.5 on 1 of 2 seeds (missed)" in text
+    assert "held-out 99.00% against 99.00% (held-out no lower: met)" in text
+    assert "took 120 s (118-122) (under 5 min: met)" in text
     assert "load average 1.5-2.5" in text
 
 
