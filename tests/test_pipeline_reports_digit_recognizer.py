@@ -79,7 +79,13 @@ def test_grid_block_compares_the_ensemble_with_its_best_member(tmp_path):
     _write(tmp_path, "grid", "grid-ensemble", {
         "kind": "ensemble", "members": ["a.json", "b.json"], "validation_accuracy": 0.9875, "validation_rows": 400,
         "test_accuracy": 0.993, "params_total": 2000, "params_active": 1200, "members_wall_time_s": 120.0})
+    _write(tmp_path, "ensemble", "seeds", {
+        "kind": "ensemble", "member_names": ["m", "m"], "member_seeds": [0, 1], "member_test_accuracy": [0.99, 0.988],
+        "validation_accuracy": 0.99, "validation_rows": 780, "test_accuracy": 0.991, "params_total": 2000,
+        "params_active": 1200, "members_wall_time_s": 100.0})
     text = blocks.pipeline_grid(Records(tmp_path))
+    assert "| m: mean of seeds 0, 1 | - | 99.00 (out-of-bag, 780 rows) | 99.10 |" in text
+    assert "The seed ensemble scores 99.10% held-out; its members scored 99.00, 98.80%." in text
     assert "| grid-ensemble (mean of 2 softmax outputs) | - | 98.75 (out-of-bag, 400 rows) | 99.30 |" in text
     assert "99.30% on the held-out digits against 99.00% for its best member (target at least 99.25%: met)" in text
 

@@ -9,6 +9,9 @@ Read from committed records:
   seed.
 * `reports/records/digit_recognizer/grid/*.json`: one `--grid` run, its
   members and `grid-ensemble.json`.
+* `reports/records/digit_recognizer/ensemble/*.json`: ensembles rebuilt
+  from the default runs' saved probabilities (`ensemble RUN_JSON...`, the
+  same mean that `--ensemble N` writes).
 * `reports/records/digit_recognizer/options/*.json`: runs with `--tta`,
   `--pseudo-label` and `--deterministic`.
 
@@ -178,8 +181,18 @@ def pipeline_grid(records: Records) -> str:
                      f"{_pct(e['validation_accuracy'])} (out-of-bag, {e['validation_rows']} rows)",
                      _pct(e["test_accuracy"]), f"{e['params_total']:,} / {e['params_active']:,}", "-",
                      f"{e['members_wall_time_s']:.0f} (members)"])
+    seed_ensembles = [r for r in _runs(records, "ensemble") if r.get("kind") == "ensemble"]
+    for e in seed_ensembles:
+        names = sorted(set(e["member_names"]))
+        rows.append([f"{', '.join(names)}: mean of seeds {', '.join(map(str, e['member_seeds']))}", "-",
+                     f"{_pct(e['validation_accuracy'])} (out-of-bag, {e['validation_rows']} rows)",
+                     _pct(e["test_accuracy"]), f"{e['params_total']:,} / {e['params_active']:,}", "-",
+                     f"{e['members_wall_time_s']:.0f} (members)"])
     text = [markdown_table(["model", "seed", "validation %", "held-out %", "params total / active",
                             "epochs", "training s"], rows)]
+    for e in seed_ensembles:
+        text += ["", (f"The seed ensemble scores {_pct(e['test_accuracy'])}% held-out; its members scored "
+                      f"{', '.join(_pct(a) for a in e['member_test_accuracy'])}%.")]
     for e in ensembles:
         best = max(m["test_accuracy"] for m in members)
         text += ["", (f"The grid's ensemble scores {_pct(e['test_accuracy'])}% on the held-out digits against "
