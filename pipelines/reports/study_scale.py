@@ -199,7 +199,11 @@ def experts_scale_table(records: Records) -> str:
     for run in runs_:
         by_label.setdefault(_label(run), []).append(run)
     rows = []
-    for label, group in by_label.items():
+    # The baseline first, then by k and n as numbers ("n=16" sorts before "n=2" as text).
+    order = sorted(by_label, key=lambda label: (by_label[label][0]["metrics"].get("top_k", 0),
+                                                by_label[label][0]["metrics"].get("num_experts", 0)))
+    for label in order:
+        group = by_label[label]
         metrics = [r["metrics"] for r in group]
         step_ms = [1000 * m["epoch_seconds"] / _steps_per_epoch(r) for m, r in zip(metrics, group)]
         rows.append((
