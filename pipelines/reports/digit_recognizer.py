@@ -27,6 +27,7 @@ import statistics
 from pipelines.records import markdown_table
 from pipelines.reports import RecordError
 from pipelines.reports import Records
+from pipelines.reports import _model_name
 from pipelines.reports import _spread
 from pipelines.reports import report_block
 from pipelines.reports.study_scale import t_interval
@@ -60,8 +61,7 @@ def _runs(records: Records, folder: str) -> list[dict]:
 
 def _model(record: dict) -> str:
     config = record["model_config"]
-    moe = config.get("moe")
-    name = f"MoE({moe[0]},{moe[1]}) h{config['hidden']}" if moe else f"dense h{config['hidden']}"
+    name = f"{_model_name(config)} h{config['hidden']}"
     return name if config.get("arch", "cnn") == "cnn" else f"{config['arch']} {name}"
 
 
@@ -166,6 +166,14 @@ def pipeline_seeds(records: Records) -> str:
 # Item 3: the grid and its ensemble -------------------------------------------
 
 
+def _ensemble_row(label: str, ensemble: dict) -> list:
+    """A row of the grid table for an ensemble record: no seed, no epochs,
+    and its members' training time."""
+    return [label, "-", f"{_pct(ensemble['validation_accuracy'])} (out-of-bag, {ensemble['validation_rows']} rows)",
+            _pct(ensemble["test_accuracy"]), f"{ensemble['params_total']:,} / {ensemble['params_active']:,}", "-",
+            f"{ensemble['members_wall_time_s']:.0f} (members)"]
+
+
 @report_block("README.md", "pipeline-grid")
 def pipeline_grid(records: Records) -> str:
     runs = _runs(records, "grid")
@@ -176,18 +184,10 @@ def pipeline_grid(records: Records) -> str:
     rows = [[_model(r), r["seed"], _pct(r["validation_accuracy"]), _pct(r["test_accuracy"]),
              f"{r['params_total']:,} / {r['params_active']:,}", r["epochs_run"], f"{r['wall_time_s']:.0f}"]
             for r in sorted(members, key=lambda r: (r["model_config"]["moe"] is None, str(r["model_config"]["moe"]), r["model_config"]["hidden"]))]
-    for e in ensembles:
-        rows.append([f"grid-ensemble (mean of {len(e['members'])} softmax outputs)", "-",
-                     f"{_pct(e['validation_accuracy'])} (out-of-bag, {e['validation_rows']} rows)",
-                     _pct(e["test_accuracy"]), f"{e['params_total']:,} / {e['params_active']:,}", "-",
-                     f"{e['members_wall_time_s']:.0f} (members)"])
+    rows += [_ensemble_row(f"grid-ensemble (mean of {len(e['members'])} softmax outputs)", e) for e in ensembles]
     seed_ensembles = [r for r in _runs(records, "ensemble") if r.get("kind") == "ensemble"]
-    for e in seed_ensembles:
-        names = sorted(set(e["member_names"]))
-        rows.append([f"{', '.join(names)}: mean of seeds {', '.join(map(str, e['member_seeds']))}", "-",
-                     f"{_pct(e['validation_accuracy'])} (out-of-bag, {e['validation_rows']} rows)",
-                     _pct(e["test_accuracy"]), f"{e['params_total']:,} / {e['params_active']:,}", "-",
-                     f"{e['members_wall_time_s']:.0f} (members)"])
+    rows += [_ensemble_row(f"{', '.join(sorted(set(e['member_names'])))}: mean of seeds "
+                           f"{', '.join(map(str, e['member_seeds']))}", e) for e in seed_ensembles]
     text = [markdown_table(["model", "seed", "validation %", "held-out %", "params total / active",
                             "epochs", "training s"], rows)]
     for e in seed_ensembles:
@@ -205,11 +205,17 @@ def pipeline_grid(records: Records) -> str:
 # Options: TTA, pseudo-labels, determinism --------------------------------------
 
 
-def _paired_line(what, pairs, unit="pp"):
+def _gaps(pairs) -> str:
+    """`(without, with)` accuracy pairs as seed-by-seed gaps in points, their
+    mean and, from two seeds on, its 95% t interval."""
     gaps = [100 * (after - before) for before, after in pairs]
     mean, low, high = t_interval(gaps)
     interval = "" if len(gaps) < 2 else f", 95% t interval [{low:+.2f}, {high:+.2f}]"
-    return f"{what}: {', '.join(f'{g:+.2f}' for g in gaps)} {unit} seed by seed, mean {mean:+.2f}{interval}"
+    return f"{', '.join(f'{g:+.2f}' for g in gaps)} pp seed by seed, mean {mean:+.2f}{interval}"
+
+
+def _paired_line(what, test_pairs, validation_pairs) -> str:
+    return f"{what}: {_gaps(test_pairs)}; on validation {_gaps(validation_pairs)}."
 
 
 @report_block("README.md", "pipeline-options")
@@ -233,15 +239,15 @@ def pipeline_options(records: Records) -> str:
                      f"{_pct(first['test_accuracy'])} -> {_pct(r['test_accuracy'])}",
                      f"{p['test_images']} of {p['test_rows']} test images labelled; {r['wall_time_s']:.0f} s for both fits"])
     if tta:
-        lines.append(_paired_line("TTA on the held-out digits",
-                                  [(r["tta"]["test_accuracy_without"], r["tta"]["test_accuracy"]) for r in tta])
-                     + "; on validation " + _paired_line("", [(r["tta"]["validation_accuracy_without"],
-                                                               r["tta"]["validation_accuracy"]) for r in tta]).lstrip(": ") + ".")
+        lines.append(_paired_line(
+            "TTA on the held-out digits",
+            [(r["tta"]["test_accuracy_without"], r["tta"]["test_accuracy"]) for r in tta],
+            [(r["tta"]["validation_accuracy_without"], r["tta"]["validation_accuracy"]) for r in tta]))
     if pseudo:
-        lines.append(_paired_line("Pseudo-labels on the held-out digits (retrained minus first pass)",
-                                  [(r["pseudo_label"]["first_pass"]["test_accuracy"], r["test_accuracy"]) for r in pseudo])
-                     + "; on validation " + _paired_line("", [(r["pseudo_label"]["first_pass"]["validation_accuracy"],
-                                                               r["validation_accuracy"]) for r in pseudo]).lstrip(": ") + ".")
+        lines.append(_paired_line(
+            "Pseudo-labels on the held-out digits (retrained minus first pass)",
+            [(r["pseudo_label"]["first_pass"]["test_accuracy"], r["test_accuracy"]) for r in pseudo],
+            [(r["pseudo_label"]["first_pass"]["validation_accuracy"], r["validation_accuracy"]) for r in pseudo]))
     default = {r["seed"]: r for r in _runs(records, "default") if r["model_config"].get("moe")}
     for r in deterministic:
         plain = default.get(r["seed"])
