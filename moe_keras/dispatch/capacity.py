@@ -16,6 +16,7 @@ from typing import NamedTuple
 from keras import ops
 
 from moe_keras.dispatch.gather import gather_rows
+from moe_keras.dispatch.gather import mix_choices
 
 
 class DispatchPlan(NamedTuple):
@@ -91,13 +92,8 @@ def combine_slots(expert_outputs, plan, expert_weights, keep):
         `(T, u)` mixture; a token whose every choice was dropped gets zeros.
     """
     units = expert_outputs.shape[-1]
-    top_k = plan.slot_ids.shape[-1]
     flat = ops.reshape(expert_outputs, (-1, units))
     chosen = gather_rows(
         flat, ops.reshape(plan.slot_ids, (-1,)), plan.slot_choices[:, None]
     )
-    chosen = ops.reshape(chosen, (-1, top_k, units))
-    weights = ops.cast(expert_weights * keep, chosen.dtype)
-    return ops.einsum("tku,tk->tu", chosen, weights)
-
-
+    return mix_choices(chosen, expert_weights, keep)

@@ -90,9 +90,10 @@ def sort_by_expert(expert_indices, num_experts, token_mask=None):
     rank_in_sorted = (
         ops.cumsum(ops.ones_like(sorted_keys)) - 1 - ops.take(offsets, sorted_keys)
     )
-    # The inverse permutation, also by a sort, keeps the whole plan free of
-    # scatters (and their serial loops under XLA on CPU).
-    inverse = ops.argsort(order)
+    # The inverse permutation: an integer scatter of `T * k` ids, no
+    # gradient involved, and much cheaper than sorting `order` again.
+    choice_ids = ops.cumsum(ops.ones_like(order)) - 1
+    inverse = ops.scatter(order[:, None], choice_ids, ops.shape(order))
     positions = ops.reshape(ops.take(rank_in_sorted, inverse), (-1, top_k))
     return SortedChoices(
         order=order,
@@ -161,7 +162,7 @@ def sorted_dispatch_plan(choices, expert_indices, num_experts, capacity):
 
 
 def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_experts, num_experts, capacities,
-                     overflow=None):
+                     overflow=None, rematerialize=True):
     """Dropless mixture of the routed experts on the smallest rung that fits.
 
     Args:
@@ -179,6 +180,10 @@ def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_expert
         overflow: optional function `(tokens, expert_weights) -> (T, u)`,
             the same mixture by another engine, run when the busiest expert
             holds more than the last capacity.
+        rematerialize: on JAX, recompute the taken rung in the backward
+            pass instead of keeping every rung's activations. Only a call
+            that will be differentiated needs it; inference leaves it off,
+            since the checkpointed branches also run slower forward.
 
     Returns:
         `(T, u)`: `sum_j w[t, j] * E_{i[t, j]}(x_t)`; zeros for masked tokens.
@@ -208,7 +213,7 @@ def bucketed_mixture(tokens, expert_indices, expert_weights, choices, run_expert
         branches.append(overflow)
     if len(branches) == 1:
         return branches[0](tokens, expert_weights)
-    if keras.backend.backend() == "jax":
+    if rematerialize and keras.backend.backend() == "jax":
         import jax
 
         # Reverse-mode `lax.switch` keeps the union of every branch's

@@ -46,6 +46,26 @@ def take_experts(weights, index):
     return take(weights)
 
 
+def mix_choices(chosen, expert_weights, valid):
+    """Every token's k chosen expert outputs, weighted and summed.
+
+    Args:
+        chosen: `(T * k, u)`, row `t * k + j` the output of token `t`'s
+            `j`-th expert.
+        expert_weights: `(T, k)` mixing weights.
+        valid: `(T, k)` 0/1; a 0 leaves that choice out.
+
+    Returns:
+        `(T, u)`.
+    """
+    top_k = expert_weights.shape[-1]
+    chosen = ops.reshape(chosen, (-1, top_k, chosen.shape[-1]))
+    weights = ops.cast(expert_weights * valid, chosen.dtype)
+    # A broadcast product and a sum over k, not `einsum("tku,tk->tu")`,
+    # which TensorFlow runs as T tiny batched (1, k) x (k, u) matmuls.
+    return ops.sum(chosen * ops.expand_dims(weights, -1), axis=1)
+
+
 def gather_rows(values, index, inverse_index):
     """`values[index]` (zero rows where `index == len(values)`), with a
     gather, not a scatter, as its gradient.

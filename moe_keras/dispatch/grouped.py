@@ -23,6 +23,7 @@ import keras
 from keras import ops
 
 from moe_keras.dispatch.gather import gather_rows
+from moe_keras.dispatch.gather import mix_choices
 from moe_keras.dispatch.gather import take_experts
 from moe_keras.dispatch.gather import take_rows
 
@@ -82,11 +83,8 @@ def permute(tokens, plan, top_k):
 
 def unpermute(rows, plan, expert_weights, valid):
     """`(T * k, u)` sorted expert outputs -> `(T, u)` mixtures."""
-    top_k = expert_weights.shape[-1]
     chosen = gather_rows(rows, plan.row_of_choice, plan.choice_of_row[:, None])
-    chosen = ops.reshape(chosen, (-1, top_k, rows.shape[-1]))
-    weights = ops.cast(expert_weights * valid, chosen.dtype)
-    return ops.einsum("tku,tk->tu", chosen, weights)
+    return mix_choices(chosen, expert_weights, valid)
 
 
 def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE):

@@ -135,7 +135,8 @@ def supports_xla(might_run_dropless):
     return not (might_run_dropless and keras.backend.backend() == "tensorflow")
 
 
-def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_buffers, run_rows, token_mask=None):
+def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_buffers, run_rows, token_mask=None,
+                     rematerialize=True):
     """Every token through all k of its experts, on the engine for this backend.
 
     Args:
@@ -148,6 +149,8 @@ def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_bu
         run_rows: the experts on sorted rows, see `grouped.sorted_mixture`.
         token_mask: optional `(T,)` 0/1; masked tokens get zeros and take
             no expert slot.
+        rematerialize: see `dropless.bucketed_mixture`; the layers pass
+            `False` at inference (`training=False`).
 
     Returns:
         `(T, u)`.
@@ -173,6 +176,7 @@ def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_bu
             num_experts,
             capacities,
             overflow,
+            rematerialize,
         )
 
     if engine == "grouped":

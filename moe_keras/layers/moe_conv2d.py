@@ -280,7 +280,7 @@ class MoEConv2D(MoELayer):
         )
         combine = ops.cast(combine, self.compute_dtype)
         if self.resolved_dispatch == "sparse" and self.routing == "pixel":
-            outputs = self._pixel_dropless_conv(inputs, result)
+            outputs = self._pixel_dropless_conv(inputs, result, training)
         elif self.resolved_dispatch == "sparse":
             outputs = self._mixed_kernel_conv(inputs, combine)
         else:
@@ -360,7 +360,7 @@ class MoEConv2D(MoELayer):
             outputs = outputs + bias[:, None, None, :]
         return outputs
 
-    def _pixel_dropless_conv(self, inputs, result):
+    def _pixel_dropless_conv(self, inputs, result, training=None):
         """Per-pixel routing, sparse: every output position's receptive
         field (its im2col patch) is a token, each expert a linear map of
         the patch, and the patches go through the same dropless engine as
@@ -391,6 +391,7 @@ class MoEConv2D(MoELayer):
             self.num_experts,
             run_buffers,
             run_rows,
+            rematerialize=training is not False,
         )
         return reshape_like(mixed, patches, (self.filters,))
 

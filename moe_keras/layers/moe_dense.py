@@ -368,6 +368,7 @@ class MoEDense(MoELayer):
                 rows, plan, training, laid_out(layout)
             ),
             token_mask=token_mask,
+            rematerialize=training is not False,
         )
 
     @classmethod
