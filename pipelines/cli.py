@@ -97,6 +97,10 @@ def _add_train_arguments(parser):
     model.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
     model.add_argument("--conv-moe", type=_pair, metavar="K,N", help="make the second conv block an MoEConv2D MoE(K,N)")
     model.add_argument("--no-augment", action="store_true", help="no rotation/shift/zoom augmentation")
+    model.add_argument("--trunk", choices=("strided", "pool"), default="strided",
+                       help="how the cnn's conv blocks halve the resolution: a stride of 2 in "
+                            "their second conv (default), or a max-pool after two "
+                            "full-resolution convs (the trunk before December 2026)")
     model.add_argument("--hidden-dropout", type=float, default=0.0, help="dropout on the feature block's hidden layer: the experts' (MoE expert dropout) or the dense baseline's")
     balance = parser.add_argument_group("routing and balancing")
     balance.add_argument("--balance-loss", type=float, default=0.01, help="Switch load-balancing loss coefficient (default 0.01)")
@@ -110,7 +114,7 @@ def _add_train_arguments(parser):
     balance.add_argument("--router-temperature", type=float, default=0.1, help="temperature of the cosine router (default 0.1)")
     balance.add_argument("--router-noise", choices=("gaussian", "learned"), default=None)
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=40, help="epochs of the cosine learning-rate schedule (default 40)")
+    training.add_argument("--epochs", type=int, default=32, help="epochs of the cosine learning-rate schedule (default 32)")
     training.add_argument("--batch-size", type=int, default=64)
     training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule (Adam)")
     training.add_argument("--seed", type=_seed, default=0, help="the run's seed, 0 to 2**32 - 1 (default 0); --ensemble N uses SEED..SEED+N-1")
@@ -194,6 +198,7 @@ def _configs_from_args(args):
         hidden=args.hidden,
         shared=args.shared,
         conv_moe=args.conv_moe,
+        trunk=args.trunk,
         augment=not args.no_augment,
         hidden_dropout=args.hidden_dropout,
         routing=routing,

@@ -3,8 +3,9 @@ from moe_keras layers.
 
 Two architectures, each with a dense baseline so every MoE run has one:
 
-* `cnn`: augmentation, two conv blocks (2 x (conv, batch norm, ReLU), max-pool),
-  then a feature block (MoEDense MoE(k,n) with MLP experts of size `hidden`,
+* `cnn`: augmentation, two conv blocks of two 3x3 convs with batch norm and
+  ReLU, each halving the resolution (`trunk`: a max-pool after the block, or
+  a stride of 2 in its second conv), then a feature block (MoEDense MoE(k,n) with MLP experts of size `hidden`,
   or a dense MLP of the same shape for the baseline), then the classifier.
 * `mlp`: the same feature block straight on the raw pixels; its baseline is
   the MLP 784-128-64-10. The MoE study (`pipelines.experiments`) trains this
@@ -26,6 +27,7 @@ from moe_keras import MoEDense
 ARCHITECTURES = ("cnn", "mlp")
 ROUTING_DEFAULTS = ("pipeline", "layer")
 CONV_ROUTINGS = ("sample", "pixel")
+TRUNKS = ("pool", "strided")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 # Width of the cnn's feature block output, MoE or dense.
@@ -116,6 +118,10 @@ class ModelConfig:
             total parameters.
         conv_routing: `MoEConv2D`'s `routing` for `conv_moe`, "sample" (one
             choice per image) or "pixel" (one per output position).
+        trunk: how the cnn's conv blocks halve the resolution: "strided",
+            a stride of 2 in the block's second conv (a quarter of that
+            conv's work); "pool", a max-pool after two full-resolution convs.
+            Runs recorded before this field existed used "pool".
     """
 
     arch: str = "cnn"
@@ -131,6 +137,7 @@ class ModelConfig:
     standardize: bool = False
     mlp_hidden: int = MLP_HIDDEN
     conv_routing: str = "sample"
+    trunk: str = "strided"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -155,6 +162,8 @@ class ModelConfig:
             raise ValueError(
                 f"`conv_routing` must be one of {CONV_ROUTINGS}; got {self.conv_routing!r}."
             )
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"`trunk` must be one of {TRUNKS}; got {self.trunk!r}.")
         if self.mlp_hidden < 1:
             raise ValueError(f"`mlp_hidden` must be at least 1; got {self.mlp_hidden}.")
         if self.routing_defaults not in ROUTING_DEFAULTS:
@@ -183,6 +192,8 @@ class ModelConfig:
             parts.append("conv{}of{}".format(*self.conv_moe))
             if self.conv_routing != "sample":
                 parts.append(self.conv_routing)
+        if self.arch == "cnn" and self.trunk != "strided":
+            parts.append(self.trunk)
         if self.arch == "cnn" and not self.augment:
             parts.append("noaug")
         if self.hidden_dropout:
@@ -213,10 +224,11 @@ def _augmentation(seeds):
     )
 
 
-def _conv_block(x, filters, index, config=None, seeds=None):
+def _conv_block(x, filters, index, config, seeds=None):
     """Two 3x3 convs (the first an MoEConv2D with `config.conv_moe`), BN,
-    ReLU, pool."""
-    conv_moe = None if config is None else config.conv_moe
+    ReLU, then half the resolution (`config.trunk`)."""
+    conv_moe = config.conv_moe if index == 2 else None
+    strided = config.trunk == "strided"
     for position in (1, 2):
         name = f"conv{index}_{position}"
         if position == 1 and conv_moe is not None:
@@ -238,13 +250,16 @@ def _conv_block(x, filters, index, config=None, seeds=None):
                 **routing,
             )(x)
         else:
+            strides = 2 if strided and position == 2 else 1
             x = keras.layers.Conv2D(
-                filters, 3, padding="same", use_bias=False, name=name
+                filters, 3, strides=strides, padding="same", use_bias=False, name=name
             )(x)
         # Momentum 0.9: with ~30-60 steps an epoch on the embedded sample, the
         # default 0.99 leaves the inference statistics epochs behind.
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{index}_{position}")(x)
         x = keras.layers.Activation("relu", name=f"relu{index}_{position}")(x)
+    if strided:
+        return x
     return keras.layers.MaxPooling2D(name=f"pool{index}")(x)
 
 
@@ -342,7 +357,7 @@ def build_model(config, seed=0):
     if config.arch == "cnn":
         if config.augment:
             x = _augmentation(seeds)(x)
-        x = _conv_block(x, 32, 1)
+        x = _conv_block(x, 32, 1, config)
         x = _conv_block(x, 64, 2, config, seeds)
         x = keras.layers.Flatten(name="flatten")(x)
         x = keras.layers.Dropout(0.25, seed=next(seeds), name="dropout_features")(x)

@@ -54,7 +54,7 @@ class TrainConfig:
             trains a fresh model on the training split plus those images.
     """
 
-    epochs: int = 40
+    epochs: int = 32
     batch_size: int = 64
     learning_rate: float = 2e-3
     schedule: str = "cosine"

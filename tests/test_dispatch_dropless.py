@@ -101,7 +101,17 @@ def strategy_engine(tokens, kernels, weights, indices, mask=None):
         token_mask=mask)
 
 
-ENGINES = [bucket_engine, exact_engine, grouped_engine, strategy_engine]
+def inference_engine(tokens, kernels, weights, indices, mask=None):
+    """What the layers call at inference: the ladder's branches not
+    rematerialised (on JAX)."""
+    return dispatch.dropless_mixture(
+        tokens, indices, weights, kernels.shape[0],
+        run_buffers=lambda buffers, layout: ops.einsum("etd,edu->etu", buffers, kernels),
+        run_rows=lambda rows, plan, layout: dispatch.grouped_matmul(rows, kernels, plan.group_sizes),
+        token_mask=mask, rematerialize=False)
+
+
+ENGINES = [bucket_engine, exact_engine, grouped_engine, strategy_engine, inference_engine]
 CASES = {
     "spread": {},
     # Expert 0 takes every token's first choice; with k=1 the other five

@@ -20,6 +20,7 @@ from pipelines.models import count_parameters
         (ModelConfig(moe=None, hidden=192), "cnn-dense-h192"),
         (ModelConfig(arch="mlp", moe=(1, 3), hidden=32, shared=1), "mlp-moe1of3-h32-s1"),
         (ModelConfig(moe=(2, 5), conv_moe=(2, 4), augment=False), "cnn-moe2of5-h64-s0-conv2of4-noaug"),
+        (ModelConfig(trunk="pool"), "cnn-moe3of5-h64-s0-pool"),
     ],
 )
 def test_run_names_spell_the_config(config, name):
@@ -29,7 +30,7 @@ def test_run_names_spell_the_config(config, name):
 @pytest.mark.parametrize(
     "kwargs,message",
     [({"arch": "rnn"}, "architecture"), ({"moe": (6, 5)}, "1 <= K <= N"),
-     ({"arch": "mlp", "conv_moe": (1, 2)}, "cnn")],
+     ({"arch": "mlp", "conv_moe": (1, 2)}, "cnn"), ({"trunk": "resnet"}, "trunk")],
 )
 def test_invalid_configs_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -55,6 +56,21 @@ def test_cnn_moe_model_predicts_probabilities_and_counts_active_params():
     moe = model.get_layer("moe")
     expert = 3136 * 64 + 64 + 64 * 128 + 128
     assert moe.count_params_per_token() == 3136 * 5 + 3 * expert + expert
+
+
+def test_strided_trunk_halves_resolution_in_its_convs_not_by_pooling():
+    pooled = build_model(ModelConfig(trunk="pool", augment=False))
+    strided = build_model(ModelConfig(conv_moe=(1, 2), augment=False))
+    assert not [layer for layer in strided.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert len([layer for layer in pooled.layers if isinstance(layer, keras.layers.MaxPooling2D)]) == 2
+    assert strided.get_layer("conv1_2").strides == (2, 2)
+    assert strided.get_layer("conv2_2").strides == (2, 2)
+    # The MoE conv keeps stride 1; both trunks hand the MoE block 7 x 7 x 64.
+    assert strided.get_layer("moe_conv2").strides == (1, 1)
+    assert strided.get_layer("flatten").output.shape[-1] == 3136
+    assert pooled.get_layer("flatten").output.shape[-1] == 3136
+    # The conv weights are the same; only the resolution they run at differs.
+    assert count_parameters(pooled) == count_parameters(build_model(ModelConfig(trunk="strided", augment=False)))
 
 
 def test_dense_baseline_h192_matches_moe35_h64_active_size():

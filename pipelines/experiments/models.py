@@ -60,18 +60,21 @@ def wide_baseline(num_experts: int) -> ModelConfig:
 CNN_MOE = (3, 5)
 CNN_MOE_HIDDEN = 64
 CNN_DENSE_HIDDEN = 192
+# The trunk every recorded CNN run of the study used (the pipeline's default
+# until it moved to strided convs): pending runs must match them.
+CNN_TRUNK = "pool"
 
 
 def cnn_moe_head() -> ModelConfig:
-    return ModelConfig(arch="cnn", moe=CNN_MOE, hidden=CNN_MOE_HIDDEN)
+    return ModelConfig(arch="cnn", moe=CNN_MOE, hidden=CNN_MOE_HIDDEN, trunk=CNN_TRUNK)
 
 
 def cnn_dense_head() -> ModelConfig:
-    return ModelConfig(arch="cnn", moe=None, hidden=CNN_DENSE_HIDDEN)
+    return ModelConfig(arch="cnn", moe=None, hidden=CNN_DENSE_HIDDEN, trunk=CNN_TRUNK)
 
 
 def cnn_conv_experts(routing: str, num_experts: int = 4, top_k: int = 1) -> ModelConfig:
     """The CNN with its dense head and an `MoEConv2D` (top-k of n 3x3 conv
     experts, `routing` "sample" or "pixel") as the second block's first conv."""
     return ModelConfig(arch="cnn", moe=None, hidden=CNN_DENSE_HIDDEN, conv_moe=(top_k, num_experts),
-                       conv_routing=routing)
+                       conv_routing=routing, trunk=CNN_TRUNK)

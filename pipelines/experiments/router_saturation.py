@@ -31,6 +31,9 @@ import numpy as np
 
 from pipelines import records
 
+# The CNN trunk of the recorded runs (the pipeline's default until it moved
+# to strided convs).
+TRUNK = "pool"
 EPOCH_COLUMNS = ("model", "epoch", "train_accuracy", "validation_accuracy",
                  "logit_std", "mixing_weights")
 
@@ -39,13 +42,13 @@ def _variants():
     from pipelines.models import ModelConfig
 
     return [
-        ("dense h192", ModelConfig(moe=None, hidden=192)),
+        ("dense h192", ModelConfig(moe=None, hidden=192, trunk=TRUNK)),
         ("MoE(3,5) h64, linear router",
-         ModelConfig(moe=(3, 5), routing={"router_type": "linear"})),
+         ModelConfig(moe=(3, 5), routing={"router_type": "linear"}, trunk=TRUNK)),
         ("MoE(3,5) h64, linear router + z-loss 1e-2",
-         ModelConfig(moe=(3, 5), routing={"router_type": "linear", "z_loss_weight": 1e-2})),
+         ModelConfig(moe=(3, 5), routing={"router_type": "linear", "z_loss_weight": 1e-2}, trunk=TRUNK)),
         ("MoE(3,5) h64, cosine router (pipeline default)",
-         ModelConfig(moe=(3, 5), routing={"router_type": "cosine"})),
+         ModelConfig(moe=(3, 5), routing={"router_type": "cosine"}, trunk=TRUNK)),
     ]
 
 
@@ -108,9 +111,9 @@ def run(epochs, quick=False, log=print):
             if epoch + 1 >= epochs:
                 self.model.stop_training = True
 
-    # The full run's recipe (the cosine schedule spans its 40 epochs); only
-    # the first `epochs` of it are run.
-    train_config = TrainConfig(verbose=0)
+    # The full run's recipe when it was recorded (the cosine schedule spans
+    # its 40 epochs); only the first `epochs` of it are run.
+    train_config = TrainConfig(epochs=40, verbose=0)
     for name, model_config in _variants():
         fit(model_config, train_config, x_train, y_train, x_val, y_val,
             callbacks=[Probe(name)])
