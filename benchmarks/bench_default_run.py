@@ -85,7 +85,8 @@ def summarise(runs):
 
 def measure(baseline, data_dir, seeds, extra, keep=None):
     """Runs both sides for every seed, alternating the order; returns the
-    rows. With `keep`, the working tree's run records are copied there."""
+    rows. With `keep`, the working tree's run records and probabilities are
+    copied there."""
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         worktree = Path(scratch) / "baseline"
@@ -101,7 +102,10 @@ def measure(baseline, data_dir, seeds, extra, keep=None):
                     runs.append(row)
                     if keep is not None and side == "current":
                         keep.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(out_dir / f"run-s{seed}.json", keep / f"cnn-moe3of5-h64-s0-seed{seed}.json")
+                        # The probabilities too, so an ensemble can be rebuilt from the kept runs.
+                        for suffix in (".json", ".probs.npz"):
+                            shutil.copyfile(out_dir / f"run-s{seed}{suffix}",
+                                            keep / f"cnn-moe3of5-h64-s0-seed{seed}{suffix}")
                     print(json.dumps(row), flush=True)
         finally:
             _git("worktree", "remove", "--force", str(worktree))

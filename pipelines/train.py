@@ -52,6 +52,12 @@ class TrainConfig:
         pseudo_label: `None`, or a threshold in (0, 1]: `train_run` trains,
             labels the test images whose top probability reaches it, then
             trains a fresh model on the training split plus those images.
+        steps_per_execution: training steps per call into the compiled
+            train function (`Model.compile`'s argument), or "epoch": all of
+            an epoch's steps in one call. On small batches of a CPU, one
+            call per step spends a large, uneven share of each epoch
+            between steps; the cost is that batch-level callbacks and the
+            progress bar see one update per call.
     """
 
     epochs: int = 32
@@ -70,6 +76,7 @@ class TrainConfig:
     deterministic: bool = False
     tta: bool = False
     pseudo_label: float | None = None
+    steps_per_execution: int | str = "epoch"
 
     def __post_init__(self):
         object.__setattr__(self, "seed", parse_seed(self.seed))
@@ -88,6 +95,13 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be at least 1; got {getattr(self, name)}.")
         if self.patience < 0:
             raise ValueError(f"`patience` must be at least 0; got {self.patience}.")
+        if self.steps_per_execution != "epoch" and not (
+            isinstance(self.steps_per_execution, int) and self.steps_per_execution >= 1
+        ):
+            raise ValueError(
+                "`steps_per_execution` must be a positive integer or 'epoch'; "
+                f"got {self.steps_per_execution!r}."
+            )
 
     @property
     def early_stopping_from_epoch(self):
@@ -253,17 +267,39 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+def batches(x, y, batch_size, shuffle_seed=None):
+    """`(x, y)` as a `tf.data` pipeline of batches, built once for a whole fit.
+
+    Given NumPy arrays, `Model.fit` makes a new input pipeline for every
+    epoch and for every validation pass, and on a 2-core CPU the first step
+    of some epochs then waited about a second for it; an epoch is a second
+    or two. With `shuffle_seed` the examples are reshuffled every epoch,
+    from that seed.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def compiled_model(model_config, train_config, steps_per_epoch):
     """The model of `model_config` built with the run's seed and compiled as
     every run trains it: Adam on `learning_rate`'s schedule, sparse
-    cross-entropy, accuracy, the run's `jit_compile` and `run_eagerly`."""
+    cross-entropy, accuracy, the run's `jit_compile`, `run_eagerly` and
+    `steps_per_execution`."""
     model = build_model(model_config, seed=train_config.seed)
+    steps_per_execution = train_config.steps_per_execution
+    if steps_per_execution == "epoch":
+        steps_per_execution = steps_per_epoch
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=train_config.jit_compile,
         run_eagerly=train_config.run_eagerly,
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -292,11 +328,10 @@ def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()
         usage = ExpertUsage()
         timer = _EpochTimer()
         history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
+            batches(x_train, y_train, train_config.batch_size, shuffle_seed=train_config.seed),
+            validation_data=batches(x_val, y_val, train_config.batch_size),
             epochs=train_config.epochs,
-            batch_size=train_config.batch_size,
+            shuffle=False,  # `batches` reshuffles every epoch itself
             callbacks=[usage, timer, early_stopping(train_config), *callbacks],
             verbose=train_config.verbose,
         ).history

@@ -52,6 +52,8 @@ def test_quick_record_has_both_sides_and_their_ratio(tmp_path):
     assert "baseline" not in worktrees
     kept = json.loads((keep / "cnn-moe3of5-h64-s0-seed4.json").read_text())
     assert kept["seed"] == 4 and kept["wall_time_s"] == current["wall_time_s"]
+    with np.load(keep / "cnn-moe3of5-h64-s0-seed4.probs.npz") as probabilities:
+        assert probabilities["test"].shape == (12, 10)
     assert "| ratio, seed by seed |" in result.stdout
 
 

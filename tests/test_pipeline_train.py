@@ -65,17 +65,18 @@ class _LearningRates(keras.callbacks.Callback):
 
 def test_pipeline_recipe_values_are_the_pipelines():
     config = TrainConfig()
-    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (40, 64, 2e-3, "cosine")
+    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (32, 64, 2e-3, "cosine")
     assert (config.validation_fraction, config.patience, config.verbose) == (0.1, 10, 1)
+    assert config.steps_per_execution == "epoch"
     # Validation loss is watched from 3/4 of the schedule on.
-    assert config.early_stopping_from_epoch == 30
+    assert config.early_stopping_from_epoch == 24
     assert TrainConfig(epochs=10).early_stopping_from_epoch == 10 * 3 // 4
     stopping = train.early_stopping(config)
-    assert (stopping.monitor, stopping.patience, stopping.start_from_epoch) == ("val_loss", 10, 30)
+    assert (stopping.monitor, stopping.patience, stopping.start_from_epoch) == ("val_loss", 10, 24)
     assert stopping.restore_best_weights
     schedule = train.learning_rate(config, steps_per_epoch=57)
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
-    assert schedule.initial_learning_rate == 2e-3 and schedule.decay_steps == 57 * 40
+    assert schedule.initial_learning_rate == 2e-3 and schedule.decay_steps == 57 * 32
 
 
 def test_study_recipe_values_are_the_studys():

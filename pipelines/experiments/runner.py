@@ -37,6 +37,9 @@ STUDY_RECIPE = TrainConfig(
     patience=3,
     early_stopping_start=0.0,
     verbose=0,
+    # One call per step, as every recorded study run trained (their step
+    # times are compared across runs).
+    steps_per_execution=1,
 )
 
 

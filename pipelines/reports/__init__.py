@@ -577,6 +577,14 @@ def _model_name(config: dict) -> str:
     return f"MoE({moe[0]},{moe[1]})" if moe else "dense"
 
 
+def _trunk(config: dict) -> str:
+    """The cnn's trunk; runs recorded before `ModelConfig.trunk` existed
+    used max-pooling."""
+    if config.get("arch", "cnn") != "cnn":
+        return "-"
+    return config.get("trunk", "pool")
+
+
 def pipeline_table(runs: list[dict]) -> str:
     """One row per run record written by `pipelines.train` (committed
     copies of `submissions/<run>.json`)."""
@@ -585,15 +593,15 @@ def pipeline_table(runs: list[dict]) -> str:
     for run in (r for r in runs if r.get("kind") != "ensemble"):
         config = run["model_config"]
         test = run.get("test_accuracy")
-        rows.append((run["_set"], run["name"], _model_name(config), config["hidden"], run["seed"],
+        rows.append((run["_set"], run["name"], _model_name(config), config["hidden"], _trunk(config), run["seed"],
                      f"{100 * run['train_accuracy']:.2f}", f"{100 * run['validation_accuracy']:.2f}",
                      "-" if test is None else f"{100 * test:.1f}",
                      f"{run['params_total']:,} / {run['params_active']:,}", run["epochs_run"],
                      f"{run['wall_time_s']:.0f}",
                      f"{run['versions'].get('backend', '?')}, {run['machine'].get('cpu_count', '?')} cores, "
                      f"{run['machine'].get('accelerator') or 'no accelerator'}"))
-    return markdown_table(["set", "run", "model", "hidden", "seed", "train %", "validation %", "held-out 1,000 %",
-                           "params total / active", "epochs", "time (s)", "machine"], rows)
+    return markdown_table(["set", "run", "model", "hidden", "trunk", "seed", "train %", "validation %",
+                           "held-out 1,000 %", "params total / active", "epochs", "time (s)", "machine"], rows)
 
 
 @report_block("reports/digit_recognizer_grid.md", "pipeline-runs")

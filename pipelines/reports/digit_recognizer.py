@@ -28,6 +28,7 @@ from pipelines.records import markdown_table
 from pipelines.reports import RecordError
 from pipelines.reports import Records
 from pipelines.reports import _model_name
+from pipelines.reports import _trunk
 from pipelines.reports import _spread
 from pipelines.reports import report_block
 from pipelines.reports.study_scale import t_interval
@@ -62,7 +63,9 @@ def _runs(records: Records, folder: str) -> list[dict]:
 def _model(record: dict) -> str:
     config = record["model_config"]
     name = f"{_model_name(config)} h{config['hidden']}"
-    return name if config.get("arch", "cnn") == "cnn" else f"{config['arch']} {name}"
+    if config.get("arch", "cnn") != "cnn":
+        return f"{config['arch']} {name}"
+    return name if _trunk(config) == "strided" else f"{name}, {_trunk(config)} trunk"
 
 
 # Item 1: the default run's time ------------------------------------------------
@@ -248,11 +251,15 @@ def pipeline_options(records: Records) -> str:
             "Pseudo-labels on the held-out digits (retrained minus first pass)",
             [(r["pseudo_label"]["first_pass"]["test_accuracy"], r["test_accuracy"]) for r in pseudo],
             [(r["pseudo_label"]["first_pass"]["validation_accuracy"], r["validation_accuracy"]) for r in pseudo]))
-    default = {r["seed"]: r for r in _runs(records, "default") if r["model_config"].get("moe")}
+    # Each --deterministic run against the run of the same seed, model and
+    # epochs without it (the default of its day: default/ or default-pool/).
+    plain_runs = _runs(records, "default") + _runs(records, "default-pool")
     for r in deterministic:
-        plain = default.get(r["seed"])
+        plain = next((p for p in plain_runs if p["seed"] == r["seed"] and p["model_config"] == r["model_config"]
+                      and p["train_config"]["epochs"] == r["train_config"]["epochs"]), None)
         if plain is None:
-            raise RecordError(f"the --deterministic run of seed {r['seed']} has no default run of that seed under {RUNS}/default/")
+            raise RecordError(f"the --deterministic run of seed {r['seed']} has no run of the same seed, model and "
+                              f"epochs without it under {RUNS}/default/ or {RUNS}/default-pool/")
         rows.append(["`--deterministic`", r["seed"], f"{_pct(plain['validation_accuracy'])} -> {_pct(r['validation_accuracy'])}",
                      f"{_pct(plain['test_accuracy'])} -> {_pct(r['test_accuracy'])}",
                      f"{r['wall_time_s']:.0f} s against {plain['wall_time_s']:.0f} s without "
