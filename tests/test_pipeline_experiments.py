@@ -377,6 +377,17 @@ def test_shards_split_the_runs_and_the_last_call_writes_the_tables(study, tmp_pa
     assert len(pd.read_csv(tmp_path / "a" / "datasize.csv")) == 6
 
 
+def test_only_trains_the_named_configuration_and_leaves_the_tables(study, tmp_path):
+    out, _ = study
+    common = ["--quick", "--runs", str(tmp_path / "runs"), "--data", str(out.parent / "idx"),
+              "--arch", "mlp", "--out", str(tmp_path / "a")]
+    assert main(["datasize", *common, "--only", "n=4 k=1"]) == 0
+    records = sorted(p.name for p in (tmp_path / "runs" / "quick-records" / "datasize").glob("*.json"))
+    # One run of the two quick MLP models on each of the 3 datasets.
+    assert len(records) == 3 and all("--n4-k1--" in name for name in records), records
+    assert not (tmp_path / "a" / "datasize.csv").exists()
+
+
 def test_a_broken_record_is_named_and_not_trained_over(tmp_path):
     from pipelines.experiments.run_store import RunStore
 

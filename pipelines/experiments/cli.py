@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                         help="train only runs I, I+N, I+2N, ... and record them; a later call without "
                              "--shard reads every record and writes the tables (run N processes at once)")
+    parser.add_argument("--only", action="append", default=[], metavar="LABEL",
+                        help="train only the runs of this configuration, by its label in the "
+                             "tables (e.g. 'n=4 k=2'; repeatable); like --shard, the tables wait "
+                             "for a later call")
     parser.add_argument("--recorded-only", action="store_true",
                         help="train nothing: write the tables and figures from the runs recorded so far")
     parser.add_argument("--sizes", type=_sizes, default=(), metavar="N,N,...",
@@ -95,6 +99,7 @@ def context_from(args) -> studies.Context:
         quick=args.quick,
         records=args.records or (args.runs / "quick-records" if args.quick else args.out / "records" / "study"),
         shard=args.shard,
+        only=tuple(args.only),
         sizes=args.sizes,
         archs=("mlp", "cnn") if args.arch == "all" else (args.arch,),
         recorded_only=args.recorded_only,

@@ -45,12 +45,16 @@ class RunStore:
         shard: `(index, count)` to train only every count-th run, or `None`.
         recorded_only: train nothing; the experiment's tables and figures
             show the runs recorded so far.
+        only: labels of the configurations to train (all when empty), so
+            that a session can record the short runs of an experiment
+            before its long ones.
     """
 
     root: Path
     experiment: str
     shard: tuple[int, int] | None = None
     recorded_only: bool = False
+    only: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -62,9 +66,10 @@ class RunStore:
     def path(self, label: str, dataset: str, seed: int) -> Path:
         return self.root / self.experiment / f"{slug(dataset)}--{slug(label)}--s{int(seed)}.json"
 
-    def owns(self, position: int) -> bool:
-        """Whether this process trains the run at `position` of the experiment's list."""
-        if self.recorded_only:
+    def owns(self, position: int, label: str) -> bool:
+        """Whether this process trains the run at `position` of the
+        experiment's list, of the configuration labelled `label`."""
+        if self.recorded_only or (self.only and label not in self.only):
             return False
         return self.shard is None or position % self.shard[1] == self.shard[0]
 

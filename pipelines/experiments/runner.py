@@ -172,7 +172,7 @@ def run_configs(configs, dataset, seeds, settings, log=print, on_run=None, store
                 if on_run is not None:
                     on_run(config, seed, row, history, None, None)
                 continue
-            if store is not None and not store.owns(position):
+            if store is not None and not store.owns(position, config.label):
                 continue
             keras.backend.clear_session()
             started = time.perf_counter()

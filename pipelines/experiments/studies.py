@@ -54,6 +54,7 @@ class Context:
     # resume from them; `shard` splits their runs between processes.
     records: Path | None = None
     shard: tuple[int, int] | None = None
+    only: tuple[str, ...] = ()
     sizes: tuple = ()
     archs: tuple = ("mlp", "cnn")
     recorded_only: bool = False
@@ -61,13 +62,13 @@ class Context:
     def store(self, experiment: str) -> RunStore | None:
         if self.records is None:
             return None
-        return RunStore(self.records, experiment, self.shard, self.recorded_only)
+        return RunStore(self.records, experiment, self.shard, self.recorded_only, self.only)
 
     @property
     def sharded(self) -> bool:
-        """A shard trains its runs and records them; the tables wait for
-        the call without a shard."""
-        return self.shard is not None
+        """A shard (or `only` some configurations) trains its runs and
+        records them; the tables wait for a call that trains them all."""
+        return self.shard is not None or bool(self.only)
 
     @property
     def tag(self) -> str:
