@@ -10,6 +10,7 @@ failed or interrupted run never leaves half a file where a good one was.
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -130,7 +131,8 @@ def run_record(config, seed, started, **fields):
     import time
 
     return {
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        # Quoted as a shell would need it: study labels hold spaces.
+        "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "config": config,
         "seed": seed,
         "versions": library_versions(),

@@ -10,6 +10,8 @@ has and nothing more.
 
 from __future__ import annotations
 
+import shlex
+
 import math
 import statistics
 
@@ -275,10 +277,10 @@ def _machine(run: dict) -> str:
 def _command(recorded: str) -> str:
     """A recorded command line as it is typed: `python -m pipelines.experiments ...`
     (the record holds the interpreter and the module's file path)."""
-    words = recorded.split()[1:]
+    words = shlex.split(recorded)[1:]
     if words and words[0].endswith("pipelines/experiments/__main__.py"):
         words = ["-m", "pipelines.experiments", *words[1:]]
-    return " ".join(["python", *words])
+    return shlex.join(["python", *words])
 
 
 @report_block(TARGET, "scale-commands")
