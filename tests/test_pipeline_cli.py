@@ -269,7 +269,10 @@ def test_interrupted_wait_for_the_score_keeps_the_ref(tmp_path, kaggle_server, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(submit_module, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=ctrl_c))
-    assert cli.main(["submit", str(submission), "-m", "tiny", "--wait", "60"]) == 130
+    # --data: no test.csv to check the rows against, whatever the checkout's
+    # data/ holds after README's first command.
+    assert cli.main(["submit", str(submission), "-m", "tiny", "--wait", "60",
+                     "--data", str(tmp_path / "none")]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
     kept = json.loads(record_path.read_text())
     assert (kept["kaggle"]["ref"], kept["kaggle"]["status"]) == (1001, "PENDING")

@@ -170,11 +170,12 @@ def test_pipeline_runs_block_from_a_committed_record(tmp_path, blocks):
         "# Grid",
         "",
         "<!-- begin: pipeline-runs -->",
-        "| set | run | model | hidden | seed | train % | validation % | held-out 1,000 % "
+        "| set | run | model | hidden | trunk | seed | train % | validation % | held-out 1,000 % "
         "| params total / active | epochs | time (s) | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        "| default | cnn-moe3of5-h64-s0 | MoE(3,5) | 64 | 0 | 99.50 | 98.75 | 99.0 | 1,127,594 / 709,418 | 40 | 95 "
-        "| tensorflow, 2 cores, no accelerator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        # A record from before `ModelConfig.trunk` existed: the pool trunk.
+        "| default | cnn-moe3of5-h64-s0 | MoE(3,5) | 64 | pool | 0 | 99.50 | 98.75 | 99.0 | 1,127,594 / 709,418 "
+        "| 40 | 95 | tensorflow, 2 cores, no accelerator |",
         "<!-- end: pipeline-runs -->",
         "",
     ])

@@ -14,7 +14,8 @@ MACHINE = {"processor": "x86_64", "cpu_count": 2, "accelerator": None}
 
 def _run(moe, hidden, seed, test, validation=0.98, wall=60.0, **extra):
     return {
-        "name": f"run-{moe}-{hidden}-{seed}", "seed": seed, "model_config": {"arch": "cnn", "moe": moe, "hidden": hidden},
+        "name": f"run-{moe}-{hidden}-{seed}", "seed": seed,
+        "model_config": {"arch": "cnn", "moe": moe, "hidden": hidden, "trunk": "strided"},
         "train_config": {"deterministic": False}, "train_accuracy": 0.999, "validation_accuracy": validation,
         "test_accuracy": test, "params_total": 1000, "params_active": 600, "epochs_run": 20,
         "wall_time_s": wall, "machine": MACHINE, **extra,
@@ -38,6 +39,13 @@ def test_seeds_block_pairs_moe_and_dense_by_seed(tmp_path):
     assert "| dense h192 | 0, 1, 2 | 98.90 / 98.80 / 99.00 | 98.90 |" in text
     assert "+0.20, +0.40, +0.00 pp, mean +0.20 pp, 95% t interval [-0.30, +0.70] over 3 seeds" in text
     assert "99.10% (target at least 99.0%: met)" in text
+
+
+def test_records_from_before_the_trunk_field_are_labelled_pool_trunk(tmp_path):
+    old = _run([3, 5], 64, 0, 0.99)
+    old["model_config"].pop("trunk")
+    _write(tmp_path, "default", "moe-0", old)
+    assert "| MoE(3,5) h64, pool trunk | 0 |" in blocks.pipeline_seeds(Records(tmp_path))
 
 
 def test_seeds_block_says_missed_below_the_target(tmp_path):
@@ -109,9 +117,15 @@ def test_options_block_pairs_each_option_with_its_own_without(tmp_path):
 def test_deterministic_run_needs_its_default_run(tmp_path):
     _write(tmp_path, "options", "det-0", {**_run([3, 5], 64, 0, 0.99, wall=90.0),
                                           "train_config": {"deterministic": True}})
-    with pytest.raises(RecordError, match="seed 0 has no default run"):
+    with pytest.raises(RecordError, match="seed 0 has no run of the same seed, model and epochs"):
         blocks.pipeline_options(Records(tmp_path))
-    _write(tmp_path, "default", "moe-0", _run([3, 5], 64, 0, 0.99, wall=60.0))
+    # A run of another trunk is not its pair; the same model in default-pool/ is.
+    other = _run([3, 5], 64, 0, 0.99, wall=50.0)
+    other["model_config"]["trunk"] = "pool"
+    _write(tmp_path, "default", "moe-0", other)
+    with pytest.raises(RecordError, match="seed 0 has no run"):
+        blocks.pipeline_options(Records(tmp_path))
+    _write(tmp_path, "default-pool", "moe-0", _run([3, 5], 64, 0, 0.99, wall=60.0))
     assert "90 s against 60 s without (1.50x, separate processes)" in blocks.pipeline_options(Records(tmp_path))
 
 

@@ -256,7 +256,7 @@ def pipeline_options(records: Records) -> str:
     plain_runs = _runs(records, "default") + _runs(records, "default-pool")
     for r in deterministic:
         plain = next((p for p in plain_runs if p["seed"] == r["seed"] and p["model_config"] == r["model_config"]
-                      and p["train_config"]["epochs"] == r["train_config"]["epochs"]), None)
+                      and p["train_config"].get("epochs") == r["train_config"].get("epochs")), None)
         if plain is None:
             raise RecordError(f"the --deterministic run of seed {r['seed']} has no run of the same seed, model and "
                               f"epochs without it under {RUNS}/default/ or {RUNS}/default-pool/")
