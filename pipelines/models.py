@@ -4,9 +4,10 @@ from moe_keras layers.
 Two architectures, each with a dense baseline so every MoE run has one:
 
 * `cnn`: augmentation, two conv blocks of two 3x3 convs with batch norm and
-  ReLU, each halving the resolution (`trunk`: a max-pool after the block, or
-  a stride of 2 in its second conv), then a feature block (MoEDense MoE(k,n) with MLP experts of size `hidden`,
-  or a dense MLP of the same shape for the baseline), then the classifier.
+  ReLU, each halving the resolution (`trunk`: a stride of 2 in its second
+  conv, or a max-pool after it), then a feature block (MoEDense MoE(k,n)
+  with MLP experts of size `hidden`, or a dense MLP of the same shape for
+  the baseline), then the classifier.
 * `mlp`: the same feature block straight on the raw pixels; its baseline is
   the MLP 784-128-64-10. The MoE study (`pipelines.experiments`) trains this
   architecture with `hidden=128` and the MoE layer's own routing defaults
@@ -224,10 +225,9 @@ def _augmentation(seeds):
     )
 
 
-def _conv_block(x, filters, index, config, seeds=None):
-    """Two 3x3 convs (the first an MoEConv2D with `config.conv_moe`), BN,
-    ReLU, then half the resolution (`config.trunk`)."""
-    conv_moe = config.conv_moe if index == 2 else None
+def _conv_block(x, filters, index, config, seeds=None, conv_moe=None):
+    """Two 3x3 convs (the first an MoEConv2D MoE(k,n) when `conv_moe` is
+    `(k, n)`), BN, ReLU, then half the resolution (`config.trunk`)."""
     strided = config.trunk == "strided"
     for position in (1, 2):
         name = f"conv{index}_{position}"
@@ -358,7 +358,7 @@ def build_model(config, seed=0):
         if config.augment:
             x = _augmentation(seeds)(x)
         x = _conv_block(x, 32, 1, config)
-        x = _conv_block(x, 64, 2, config, seeds)
+        x = _conv_block(x, 64, 2, config, seeds, conv_moe=config.conv_moe)
         x = keras.layers.Flatten(name="flatten")(x)
         x = keras.layers.Dropout(0.25, seed=next(seeds), name="dropout_features")(x)
     elif len(config.input_shape) > 1:

@@ -272,9 +272,8 @@ def batches(x, y, batch_size, shuffle_seed=None):
 
     Given NumPy arrays, `Model.fit` makes a new input pipeline for every
     epoch and for every validation pass, and on a 2-core CPU the first step
-    of some epochs then waited about a second for it; an epoch is a second
-    or two. With `shuffle_seed` the examples are reshuffled every epoch,
-    from that seed.
+    of some epochs stalled while it was built. With `shuffle_seed` the
+    examples are reshuffled every epoch, from that seed.
     """
     import tensorflow as tf
 

@@ -31,14 +31,13 @@ import numpy as np
 
 from pipelines import records
 
-# The CNN trunk of the recorded runs (the pipeline's default until it moved
-# to strided convs).
-TRUNK = "pool"
 EPOCH_COLUMNS = ("model", "epoch", "train_accuracy", "validation_accuracy",
                  "logit_std", "mixing_weights")
 
 
 def _variants():
+    # The recorded runs' trunk, the study's (`CNN_TRUNK`).
+    from pipelines.experiments.models import CNN_TRUNK as TRUNK
     from pipelines.models import ModelConfig
 
     return [
