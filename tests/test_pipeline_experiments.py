@@ -55,12 +55,12 @@ def study(tmp_path_factory):
     common = ["--quick", "--out", str(out), "--runs", str(runs), "--data", str(idx),
               "--cifar-dir", str(root / "no-cifar")]
     codes = {name: main([name, *common]) for name in EXPERIMENTS}
-    return out, codes
+    return out, codes, runs / "quick-records"
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_quick_experiment_writes_csv_and_png(study, name):
-    out, codes = study
+    out, codes, _ = study
     assert codes[name] == 0
     table = pd.read_csv(out / f"{name}.csv")
     assert len(table) >= 1
@@ -71,8 +71,22 @@ def test_quick_experiment_writes_csv_and_png(study, name):
     assert name in set(log["experiment"])
 
 
+def test_conv_experts_reads_its_plain_cnn_from_the_datasize_sweep(study):
+    out, _, records = study
+    conv = pd.read_csv(out / "conv_experts.csv")
+    assert set(conv["routing"]) == {"none", "sample", "pixel"}
+    plain = conv[conv["routing"] == "none"]
+    assert list(plain["config"]) == ["cnn dense head"] and list(plain["train_size"]) == [300]
+    # Trained once, by whichever experiment came first (datasize here).
+    assert not list((records / "conv_experts").glob("*dense-head*"))
+    assert [p.name for p in (records / "datasize").glob("fashion-300--cnn-dense-head--*")] == \
+        ["fashion-300--cnn-dense-head--s0.json"]
+    sweep = pd.read_csv(out / "datasize.csv").set_index(["config", "dataset", "train_size"])
+    assert plain["test_accuracy"].iloc[0] == sweep.loc[("cnn dense head", "fashion", 300), "test_accuracy"]
+
+
 def test_datasets_reports_missing_cifar_and_runs_the_rest(study):
-    out, _ = study
+    out, _, _ = study
     notes = (out / "datasets_notes.txt").read_text()
     assert "CIFAR-10 not found" in notes
     assert set(pd.read_csv(out / "datasets.csv")["dataset"]) == {"digits", "fashion"}
@@ -169,7 +183,7 @@ def test_load_idx_reads_debian_fashion_mnist():
 
 
 def test_report_contains_numbers_from_the_csvs(study):
-    out, _ = study
+    out, _, _ = study
     path = main(["report", "--out", str(out)]) == 0 and out / report_lib.REPORT_NAME
     text = path.read_text()
     experts = pd.read_csv(out / "experts_summary.csv")
@@ -336,7 +350,7 @@ def test_report_prints_na_for_a_one_seed_spread():
 def test_quick_runs_are_recorded_and_read_back_instead_of_retrained(study, tmp_path, monkeypatch):
     from pipelines.experiments import runner
 
-    out, _ = study
+    out, _, _ = study
     records = out.parent / "runs" / "quick-records" / "datasize"
     first = sorted(records.glob("*.json"))
     # Two Fashion sizes and the digits, two MLP and two CNN models, one seed.
@@ -358,7 +372,7 @@ def test_quick_runs_are_recorded_and_read_back_instead_of_retrained(study, tmp_p
 
 
 def test_shards_split_the_runs_and_the_last_call_writes_the_tables(study, tmp_path):
-    out, _ = study
+    out, _, _ = study
     common = ["--quick", "--runs", str(tmp_path / "runs"), "--data", str(out.parent / "idx"),
               "--arch", "mlp"]
     assert main(["datasize", *common, "--out", str(tmp_path / "a"), "--shard", "0/2"]) == 0
@@ -378,7 +392,7 @@ def test_shards_split_the_runs_and_the_last_call_writes_the_tables(study, tmp_pa
 
 
 def test_only_trains_the_named_configuration_and_leaves_the_tables(study, tmp_path):
-    out, _ = study
+    out, _, _ = study
     common = ["--quick", "--runs", str(tmp_path / "runs"), "--data", str(out.parent / "idx"),
               "--arch", "mlp", "--out", str(tmp_path / "a")]
     assert main(["datasize", *common, "--only", "n=4 k=1"]) == 0
@@ -447,7 +461,7 @@ def test_wide_baseline_has_the_moes_total_parameters(num_experts):
 
 
 def test_recorded_only_with_no_records_says_so_and_exits_1(study, tmp_path, capsys):
-    out, _ = study
+    out, _, _ = study
     code = main(["datasize", "--quick", "--recorded-only", "--out", str(tmp_path / "out"),
                  "--runs", str(tmp_path / "runs"), "--data", str(out.parent / "idx")])
     assert code == 1

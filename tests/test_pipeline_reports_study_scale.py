@@ -66,3 +66,32 @@ def test_commands_sum_the_wall_time_of_the_runs(tmp_path):
     text = study_scale.commands_table(_write_records(tmp_path))
     # 12 runs x 360 s = 1.2 hours.
     assert "| datasize | `python -m pipelines.experiments datasize --shard 0/2` | 12 | 1.20 |" in text
+
+
+def _conv_record(folder, label, seed, accuracy, **metrics):
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "config": {"label": label}, "seed": seed,
+        "metrics": {"dataset": "fashion", "train_size": 60_000, "test_accuracy": accuracy,
+                    "params_total": 1000, "epoch_seconds": 100.0 + seed, **metrics},
+    }
+    (folder / f"{label}-{seed}.json").write_text(json.dumps(record))
+
+
+def test_conv_table_pairs_each_routing_with_the_datasize_sweeps_plain_cnn(tmp_path):
+    study = tmp_path / study_scale.STUDY
+    for seed, (plain, pixel) in enumerate([(0.900, 0.905), (0.910, 0.920), (0.920, 0.930)]):
+        _conv_record(study / "datasize", "cnn dense head", seed, plain, arch="cnn")
+        _conv_record(study / "conv_experts", "conv experts, pixel routing", seed, pixel, class_expert_nmi=0.1 * seed)
+    # A 15k plain-CNN run is not the full set's baseline and must be left out.
+    _conv_record(study / "datasize", "cnn dense head", 3, 0.5, train_size=15_000)
+    text = study_scale.conv_table(Records(tmp_path))
+    assert "| cnn dense head | 1,000 | 91.00 (90.00-92.00) | - | 101 (100-102) | - |" in text
+    # Gaps +0.5, +1, +1 pp: mean 0.833, sd 0.289, t(0.975, 2) 4.303 -> +-0.72.
+    assert "| conv experts, pixel routing | 1,000 | 92.00 (90.50-93.00) | +0.83 [+0.12, +1.55] | 101 (100-102) " \
+           "| 0.100 (0.000-0.200) |" in text
+
+
+def test_conv_table_is_pending_without_a_conv_run(tmp_path):
+    _conv_record(tmp_path / study_scale.STUDY / "datasize", "cnn dense head", 0, 0.9)
+    assert study_scale.conv_table(Records(tmp_path)).startswith("Pending")

@@ -389,17 +389,21 @@ def datasize_configs(arch: str) -> list:
     ]
 
 
-def _datasize_datasets(context):
+def _fashion_subsets(context, sizes):
     """Fashion-MNIST subsets (one fixed stratified subset per size, one full
-    test set), then the 5,000 digits; smallest first."""
-    sizes = context.sizes or (QUICK_DATA_SIZES if context.quick else DATA_SIZES)
+    test set), smallest first; under --quick, of a shrunk set."""
     full = datasets_lib.load_idx(context.idx_dir, None, None)
     if context.quick:
         full = datasets_lib.shrink(full, max(sizes), QUICK_SIZES[1])
     for size in sorted(sizes):
         yield datasets_lib.subset(full, size)
-    digits = context.load("digits")
-    yield digits
+
+
+def _datasize_datasets(context):
+    """The sweep's Fashion-MNIST subsets, then the 5,000 digits."""
+    sizes = context.sizes or (QUICK_DATA_SIZES if context.quick else DATA_SIZES)
+    yield from _fashion_subsets(context, sizes)
+    yield context.load("digits")
 
 
 def datasize(context: Context):
@@ -447,9 +451,9 @@ def experts_scale(context: Context):
 
 
 def _full_fashion(context):
-    if context.quick:
-        return context.load("fashion")
-    dataset = datasets_lib.load_idx(context.idx_dir, None, None)
+    """The data-size sweep's largest set (all 60,000 images), so that a run
+    of another experiment on it is the same run as the sweep's."""
+    (dataset,) = _fashion_subsets(context, (max(QUICK_DATA_SIZES if context.quick else DATA_SIZES),))
     context.log(f"dataset: {dataset.description}")
     return dataset
 
@@ -463,12 +467,16 @@ def conv_experts(context: Context):
     first conv, routed per image or per pixel, against the plain CNN, on the
     full training set; what the experts specialise in."""
     k, n = CONV_EXPERTS
-    configs = [Config("cnn dense head", models.cnn_dense_head(),
-                      {"model": "baseline", "routing": "none", "num_experts": 0, "top_k": 0})]
-    configs += [Config(f"conv experts, {routing} routing", models.cnn_conv_experts(routing, n, k),
-                       {"model": "moe", "routing": routing, "num_experts": n, "top_k": k})
-                for routing in CONV_ROUTINGS]
+    configs = [Config(f"conv experts, {routing} routing", models.cnn_conv_experts(routing, n, k),
+                      {"model": "moe", "routing": routing, "num_experts": n, "top_k": k})
+               for routing in CONV_ROUTINGS]
     dataset = _full_fashion(context)
+    # The plain CNN on the full set is the data-size sweep's largest dense-head
+    # run (same model, data, split and recipe), so it is trained once and
+    # recorded under `datasize`, whichever experiment asks for it first.
+    baseline = datasize_configs("cnn")[:1]
+    settings = _sized(context, "cnn", len(dataset.y_train))
+    plain = _run(context, "datasize", baseline, dataset, settings).assign(routing="none")
 
     def on_run(config, seed, row, history, model, validation):
         if model is None or config.columns["routing"] == "none":
@@ -479,9 +487,10 @@ def conv_experts(context: Context):
         if config.columns["routing"] == "pixel":
             row["expert_maps"] = routing_maps(model, images).tolist()
 
-    frame = _run(context, "conv_experts", configs, dataset, _sized(context, "cnn", len(dataset.y_train)), on_run)
+    routed = _run(context, "conv_experts", configs, dataset, settings, on_run)
     if context.sharded:
         return None
+    frame = pd.concat([plain, routed], ignore_index=True)
     scalar = frame.drop(columns=[c for c in ("class_expert_counts", "expert_maps") if c in frame.columns])
     summary = _write(context, "conv_experts", scalar, ["config", "routing"])
     first = frame[frame["routing"] != "none"].groupby("config", sort=False).head(1)

@@ -255,14 +255,26 @@ def balancing_table(records: Records) -> str:
 
 @report_block(TARGET, "scale-conv")
 def conv_table(records: Records) -> str:
-    found = _by_label(runs(records, "conv_experts"))
-    if not found:
+    routed = [r for r in runs(records, "conv_experts") if _key(r) == FULL_KEY]
+    if not routed:
         return "Pending: no run of `python -m pipelines.experiments conv_experts` is recorded yet."
-    rows = [(label, f"{metrics[0]['params_total']:,}", median_cell([m["test_accuracy"] for m in metrics]),
-             median_cell([m["class_expert_nmi"] for m in metrics if "class_expert_nmi" in m], scale=1.0, digits=3)
-             if any("class_expert_nmi" in m for m in metrics) else "-")
-            for label, metrics in found.items()]
-    return markdown_table(["model", "total params", "test acc %", "class-expert NMI"], rows)
+    # The plain CNN is the data-size sweep's dense-head run on the full set.
+    baseline = BASELINES["cnn"]
+    plain = [r for r in runs(records, "datasize") if _key(r) == FULL_KEY and _label(r) == baseline]
+    table = grouped(plain + routed)
+    rows = []
+    for label, metrics in _by_label(plain + routed).items():
+        nmi = [m["class_expert_nmi"] for m in metrics if "class_expert_nmi" in m]
+        rows.append((
+            label,
+            f"{metrics[0]['params_total']:,}",
+            median_cell([m["test_accuracy"] for m in metrics]),
+            "-" if label == baseline else gap_cell(paired_gaps(table, label, baseline, *FULL_KEY)),
+            median_cell([m["epoch_seconds"] for m in metrics], scale=1.0, digits=0),
+            median_cell(nmi, scale=1.0, digits=3) if nmi else "-",
+        ))
+    return markdown_table(["model", "total params", "test acc %", "minus plain CNN, pp [95% CI]",
+                           "epoch time, s", "class-expert NMI"], rows)
 
 
 # Provenance ----------------------------------------------------------------------
