@@ -289,3 +289,48 @@ def test_training_through_sorted_rows_equals_training_through_buffers(monkeypatc
     buffers = _adam_trained_weights(monkeypatch, 1e9)  # every call on buffers
     for got, expected in zip(rows, buffers):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def accelerator_path(monkeypatch):
+    """The JAX accelerator path (`ragged_dot` in `grouped_matmul`, the
+    sorted-rows engine in `dropless_engine`) forced on the CPU, where it is
+    slow but exact, so that CI checks the code a GPU or TPU runs."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("ragged_dot is JAX's")
+    import jax
+
+    from moe_keras.dispatch import grouped
+
+    monkeypatch.setattr(grouped, "ACCELERATORS", (*grouped.ACCELERATORS, jax.default_backend()))
+    assert dispatch.dropless_engine(24) == "grouped"
+
+
+def test_ragged_dot_with_empty_groups_and_trailing_rows(accelerator_path):
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(11, 3)).astype("float32")
+    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
+    sizes = np.array([3, 0, 6, 0], "int32")  # rows 9 and 10 belong to no group
+    expected = np.concatenate([rows[:3] @ kernels[0], rows[3:9] @ kernels[2], np.zeros((2, 2))])
+    np.testing.assert_allclose(np_(dispatch.grouped_matmul(rows, kernels, sizes)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_accelerator_path_equals_dense_dispatch_in_values_and_gradients(accelerator_path, case):
+    import jax
+
+    tokens, kernels, weights, indices = problem(6, **CASES[case])
+    mask = np.ones(len(tokens), "float32")
+    mask[[2, 9]] = 0
+    expected = reference_mixture(tokens, kernels, weights, indices, mask)
+    for engine in (strategy_engine, jax.jit(strategy_engine)):
+        np.testing.assert_allclose(np_(engine(tokens, kernels, weights, indices, mask)), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+    def loss(engine_fn):
+        return lambda t, kern, w: ops.sum(ops.sin(engine_fn(t, kern, w, indices)))
+
+    ours = gradients(loss(strategy_engine), tokens, kernels, weights)
+    reference = gradients(loss(dense_mixture), tokens, kernels, weights)
+    for got, want in zip(ours, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
