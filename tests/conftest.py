@@ -120,3 +120,21 @@ def kaggle_server(monkeypatch, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def accelerator_path(monkeypatch):
+    """The JAX accelerator path (`ragged_dot` in `grouped_matmul`, the
+    sorted-rows engine in `dropless_engine`) forced on the CPU, where it is
+    slow but exact, so that CI checks the code a GPU or TPU runs."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("ragged_dot is JAX's")
+    import jax
+
+    from moe_keras import dispatch
+    from moe_keras.dispatch import grouped
+
+    monkeypatch.setattr(grouped, "ACCELERATORS", (*grouped.ACCELERATORS, jax.default_backend()))
+    assert dispatch.dropless_engine(24) == "grouped"

@@ -291,21 +291,6 @@ def test_training_through_sorted_rows_equals_training_through_buffers(monkeypatc
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture
-def accelerator_path(monkeypatch):
-    """The JAX accelerator path (`ragged_dot` in `grouped_matmul`, the
-    sorted-rows engine in `dropless_engine`) forced on the CPU, where it is
-    slow but exact, so that CI checks the code a GPU or TPU runs."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("ragged_dot is JAX's")
-    import jax
-
-    from moe_keras.dispatch import grouped
-
-    monkeypatch.setattr(grouped, "ACCELERATORS", (*grouped.ACCELERATORS, jax.default_backend()))
-    assert dispatch.dropless_engine(24) == "grouped"
-
-
 def test_ragged_dot_with_empty_groups_and_trailing_rows(accelerator_path):
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(11, 3)).astype("float32")

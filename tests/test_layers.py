@@ -278,6 +278,41 @@ def test_dense_and_sparse_dispatch_agree(hidden):
     )
 
 
+@pytest.mark.parametrize("hidden", [None, 6])
+def test_dense_on_the_accelerator_path_equals_dense_dispatch(accelerator_path, hidden):
+    x = np.random.default_rng(3).normal(size=(4, 5, 6)).astype("float32")
+    dense = MoEDense(4, num_experts=8, top_k=2, expert_hidden=hidden, num_shared_experts=1, dispatch="dense")
+    dense.build(x.shape)
+    sparse = MoEDense(4, num_experts=8, top_k=2, expert_hidden=hidden, num_shared_experts=1, dispatch="sparse")
+    sparse.build(x.shape)
+    sparse.set_weights(dense.get_weights())
+    for training in (False, True):
+        np.testing.assert_allclose(np_(sparse(x, training=training)), np_(dense(x, training=training)),
+                                   rtol=1e-4, atol=1e-5)
+    # One SGD step through `fit`'s compiled train step moves both alike, so
+    # the gradients agree too (ragged_dot's own, against the dense einsum's).
+    y = np.random.default_rng(4).normal(size=(4, 5, 4)).astype("float32")
+    before = dense.get_weights()
+    for layer in (dense, sparse):
+        model = keras.Sequential([keras.Input(x.shape[1:]), layer])
+        model.compile(keras.optimizers.SGD(0.5), "mse")
+        model.train_on_batch(x, y)
+    moved = [not np.allclose(a, b) for a, b in zip(before, dense.get_weights())]
+    assert sum(moved) >= 3  # router and the experts' weights at least
+    for got, want in zip(sparse.get_weights(), dense.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_pixel_on_the_accelerator_path_equals_dense_dispatch(accelerator_path):
+    x = np.random.default_rng(4).normal(size=(3, 9, 7, 2)).astype("float32")
+    dense = MoEConv2D(5, num_experts=6, top_k=2, kernel_size=3, routing="pixel", dispatch="dense")
+    dense.build(x.shape)
+    sparse = MoEConv2D(5, num_experts=6, top_k=2, kernel_size=3, routing="pixel", dispatch="sparse")
+    sparse.build(x.shape)
+    sparse.set_weights(dense.get_weights())
+    np.testing.assert_allclose(np_(sparse(x)), np_(dense(x)), rtol=1e-4, atol=1e-4)
+
+
 def test_dropped_tokens_only_get_the_shared_experts():
     x = np.ones((6, 3), "float32")  # identical tokens all pick the same expert
     layer = MoEDense(2, num_experts=3, capacity_factor=1.0, num_shared_experts=1, dispatch="sparse")

@@ -154,6 +154,9 @@ def grouped_matmul(rows, kernels, group_sizes):
 
         # On CPU XLA expands ragged_dot over every group (n times the work).
         if jax.default_backend() in ACCELERATORS:
+            # A layer passes its weights as Keras variables, which JAX
+            # primitives no longer convert implicitly.
+            rows, kernels, group_sizes = (ops.convert_to_tensor(x) for x in (rows, kernels, group_sizes))
             return jax.lax.ragged_dot(rows, kernels, group_sizes)
     return block_grouped_matmul(rows, kernels, group_sizes)
 
