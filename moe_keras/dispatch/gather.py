@@ -60,7 +60,7 @@ def mix_choices(chosen, expert_weights, valid):
     """
     top_k = expert_weights.shape[-1]
     chosen = ops.reshape(chosen, (-1, top_k, chosen.shape[-1]))
-    weights = ops.cast(expert_weights * valid, chosen.dtype)
+    weights = ops.cast(ops.multiply(expert_weights, valid), chosen.dtype)
     # A broadcast product and a sum over k, not `einsum("tku,tk->tu")`,
     # which TensorFlow runs as T tiny batched (1, k) x (k, u) matmuls.
     return ops.sum(chosen * ops.expand_dims(weights, -1), axis=1)
