@@ -82,14 +82,17 @@ def test_conv_table_pairs_each_routing_with_the_datasize_sweeps_plain_cnn(tmp_pa
     study = tmp_path / study_scale.STUDY
     for seed, (plain, pixel) in enumerate([(0.900, 0.905), (0.910, 0.920), (0.920, 0.930)]):
         _conv_record(study / "datasize", "cnn dense head", seed, plain, arch="cnn")
-        _conv_record(study / "conv_experts", "conv experts, pixel routing", seed, pixel, class_expert_nmi=0.1 * seed)
+        # Expert loads 6, 2, 2, 2 + seed (of 12 + seed): busiest 2.0, 1.85, 1.71 x the ideal.
+        counts = [[3, 1, 0, 0], [3, 1, 2, 2 + seed]]
+        _conv_record(study / "conv_experts", "conv experts, pixel routing", seed, pixel, class_expert_nmi=0.1 * seed,
+                     class_expert_counts=counts)
     # A 15k plain-CNN run is not the full set's baseline and must be left out.
     _conv_record(study / "datasize", "cnn dense head", 3, 0.5, train_size=15_000)
     text = study_scale.conv_table(Records(tmp_path))
-    assert "| cnn dense head | 1,000 | 91.00 (90.00-92.00) | - | 101 (100-102) | - |" in text
+    assert "| cnn dense head | 1,000 | 91.00 (90.00-92.00) | - | 101 (100-102) | - | - |" in text
     # Gaps +0.5, +1, +1 pp: mean 0.833, sd 0.289, t(0.975, 2) 4.303 -> +-0.72.
     assert "| conv experts, pixel routing | 1,000 | 92.00 (90.50-93.00) | +0.83 [+0.12, +1.55] | 101 (100-102) " \
-           "| 0.100 (0.000-0.200) |" in text
+           "| 1.85 (1.71-2.00) | 0.100 (0.000-0.200) |" in text
 
 
 def test_conv_table_is_pending_without_a_conv_run(tmp_path):

@@ -255,7 +255,9 @@ def balancing_table(records: Records) -> str:
 
 @report_block(TARGET, "scale-conv")
 def conv_table(records: Records) -> str:
-    routed = [r for r in runs(records, "conv_experts") if _key(r) == FULL_KEY]
+    # Per image, then per pixel, as the experiment lists them.
+    routed = sorted((r for r in runs(records, "conv_experts") if _key(r) == FULL_KEY),
+                    key=lambda run: ("pixel" in _label(run), _label(run), run["seed"]))
     if not routed:
         return "Pending: no run of `python -m pipelines.experiments conv_experts` is recorded yet."
     # The plain CNN is the data-size sweep's dense-head run on the full set.
@@ -265,16 +267,24 @@ def conv_table(records: Records) -> str:
     rows = []
     for label, metrics in _by_label(plain + routed).items():
         nmi = [m["class_expert_nmi"] for m in metrics if "class_expert_nmi" in m]
+        loads = [_busiest_share(m["class_expert_counts"]) for m in metrics if "class_expert_counts" in m]
         rows.append((
             label,
             f"{metrics[0]['params_total']:,}",
             median_cell([m["test_accuracy"] for m in metrics]),
             "-" if label == baseline else gap_cell(paired_gaps(table, label, baseline, *FULL_KEY)),
             median_cell([m["epoch_seconds"] for m in metrics], scale=1.0, digits=0),
+            median_cell(loads, scale=1.0) if loads else "-",
             median_cell(nmi, scale=1.0, digits=3) if nmi else "-",
         ))
     return markdown_table(["model", "total params", "test acc %", "minus plain CNN, pp [95% CI]",
-                           "epoch time, s", "class-expert NMI"], rows)
+                           "epoch time, s", "busiest expert / ideal (test set)", "class-expert NMI"], rows)
+
+
+def _busiest_share(class_expert_counts) -> float:
+    """The busiest expert's load over the balanced load, from class x expert counts."""
+    loads = [sum(column) for column in zip(*class_expert_counts)]
+    return max(loads) * len(loads) / sum(loads)
 
 
 # Provenance ----------------------------------------------------------------------
