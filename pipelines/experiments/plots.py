@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from pipelines.fashion_csv import CLASS_NAMES  # noqa: E402
 from pipelines.records import save_figure_atomically  # noqa: E402
 
 DPI = 100
@@ -303,6 +304,9 @@ def conv_routing_figure(runs: pd.DataFrame, dataset: str, path: Path):
             axis.imshow(100 * shares, cmap="viridis", vmin=0, vmax=100, aspect="auto")
             axis.set_xlabel("expert")
             axis.set_ylabel("class")
+            axis.set_xticks(range(shares.shape[1]))
+            if dataset == "fashion" and len(shares) == len(CLASS_NAMES):
+                axis.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=7)
         else:
             image = axis.imshow(100 * values, cmap="magma", vmin=0, vmax=100)
             axis.set_xticks([])
