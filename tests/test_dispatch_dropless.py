@@ -171,10 +171,9 @@ def dense_mixture(tokens, kernels, weights, indices):
     return dispatch.dense_combine(ops.einsum("td,edu->etu", tokens, kernels), combine)
 
 
-@pytest.mark.parametrize("engine", ENGINES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES)
-def test_engine_gradients_equal_dense_dispatch_gradients(engine, case):
-    tokens, kernels, weights, indices = problem(4, **CASES[case])
+def assert_gradients_equal_dense_dispatch(engine, tokens, kernels, weights, indices):
+    """Gradients of a smooth loss through `engine` against dense dispatch's;
+    returns the engine's."""
 
     def loss(engine_fn):
         return lambda t, kern, w: ops.sum(ops.sin(engine_fn(t, kern, w, indices)))
@@ -183,15 +182,30 @@ def test_engine_gradients_equal_dense_dispatch_gradients(engine, case):
     reference = gradients(loss(dense_mixture), tokens, kernels, weights)
     for got, expected in zip(ours, reference):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    return ours
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("case", CASES)
+def test_engine_gradients_equal_dense_dispatch_gradients(engine, case):
+    tokens, kernels, weights, indices = problem(4, **CASES[case])
+    ours = assert_gradients_equal_dense_dispatch(engine, tokens, kernels, weights, indices)
     assert np.abs(ours[1]).sum() > 0
 
 
-def test_block_grouped_matmul_with_empty_groups_and_trailing_rows():
+def empty_groups_problem():
+    """Rows, kernels and group sizes with empty groups and rows past every
+    group, and the grouped product they should give."""
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(11, 3)).astype("float32")
     kernels = rng.normal(size=(4, 3, 2)).astype("float32")
     sizes = np.array([3, 0, 6, 0], "int32")  # rows 9 and 10 belong to no group
     expected = np.concatenate([rows[:3] @ kernels[0], rows[3:9] @ kernels[2], np.zeros((2, 2))])
+    return rows, kernels, sizes, expected
+
+
+def test_block_grouped_matmul_with_empty_groups_and_trailing_rows():
+    rows, kernels, sizes, expected = empty_groups_problem()
     for block in (1, 2, 4, 16):
         got = np_(dispatch.block_grouped_matmul(rows, kernels, sizes, block_size=block))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -292,11 +306,7 @@ def test_training_through_sorted_rows_equals_training_through_buffers(monkeypatc
 
 
 def test_ragged_dot_with_empty_groups_and_trailing_rows(accelerator_path):
-    rng = np.random.default_rng(5)
-    rows = rng.normal(size=(11, 3)).astype("float32")
-    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
-    sizes = np.array([3, 0, 6, 0], "int32")  # rows 9 and 10 belong to no group
-    expected = np.concatenate([rows[:3] @ kernels[0], rows[3:9] @ kernels[2], np.zeros((2, 2))])
+    rows, kernels, sizes, expected = empty_groups_problem()
     np.testing.assert_allclose(np_(dispatch.grouped_matmul(rows, kernels, sizes)), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -311,11 +321,4 @@ def test_accelerator_path_equals_dense_dispatch_in_values_and_gradients(accelera
     for engine in (strategy_engine, jax.jit(strategy_engine)):
         np.testing.assert_allclose(np_(engine(tokens, kernels, weights, indices, mask)), expected,
                                    rtol=1e-4, atol=1e-4)
-
-    def loss(engine_fn):
-        return lambda t, kern, w: ops.sum(ops.sin(engine_fn(t, kern, w, indices)))
-
-    ours = gradients(loss(strategy_engine), tokens, kernels, weights)
-    reference = gradients(loss(dense_mixture), tokens, kernels, weights)
-    for got, want in zip(ours, reference):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert_gradients_equal_dense_dispatch(strategy_engine, tokens, kernels, weights, indices)

@@ -479,7 +479,7 @@ def conv_experts(context: Context):
     plain = _run(context, "datasize", baseline, dataset, settings).assign(routing="none")
 
     def on_run(config, seed, row, history, model, validation):
-        if model is None or config.columns["routing"] == "none":
+        if model is None:
             return
         images = dataset.x_test.reshape(-1, 28, 28, 1)
         row["class_expert_counts"] = routing_counts(model, images, dataset.y_test, num_classes=10).tolist()

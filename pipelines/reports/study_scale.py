@@ -10,9 +10,8 @@ has and nothing more.
 
 from __future__ import annotations
 
-import shlex
-
 import math
+import shlex
 import statistics
 
 from pipelines.records import markdown_table
