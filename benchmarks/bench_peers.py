@@ -27,6 +27,14 @@ rise of the peak resident set (`VmHWM`) during the first `predict_on_batch`
 over the resident set of the built model before it (so it includes what
 tracing and compiling the predict function take, alike for every model).
 
+`--floors` times, in the same passes, two things every model of a row must
+do whatever its dispatch, each compiled on its own over copies of the
+model's trainable weights: one SGD update (`w -= lr * g`, which a train
+step applies to every expert that received a token, i.e. to all of them at
+these sizes) and one read of every weight (a sum over them; predict reads
+each weight at least once). The MoE's FLOPs per token equal the Dense
+FFN's, so these, not the matmuls, set how close to it the MoE can get.
+
     KERAS_BACKEND=tensorflow python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_tf.json
     KERAS_BACKEND=jax python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_jax.json
 """
@@ -59,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory", action="store_true",
                         help="also measure peak inference memory, one process per model")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
+    parser.add_argument("--floors", action="store_true",
+                        help="also time an SGD update of, and one read of, each model's weights")
     parser.add_argument("--peer-max-repeats-experts", type=int, default=64,
                         help="above this n, KerasHub's block (every expert on every "
                              "token) is timed in the first pass only")
@@ -169,6 +179,43 @@ def max_load_ratio(model):
     return layers[0].routing_stats()["max_load_ratio"] if layers else None
 
 
+def weight_floor_calls(model):
+    """`(update, read)`: compiled calls that apply one SGD update to copies
+    of `model`'s trainable weights and read every one of them once."""
+    import keras
+
+    values = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
+    if keras.backend.backend() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        state = {"weights": [jnp.asarray(v) for v in values]}
+        grads = [jnp.full_like(w, 1e-3) for w in state["weights"]]
+        # Donated, as Keras' own JAX train step donates the weights it updates.
+        step = jax.jit(lambda ws, gs: [w - 0.01 * g for w, g in zip(ws, gs)], donate_argnums=0)
+        total = jax.jit(lambda ws: sum(jnp.sum(w) for w in ws))
+
+        def update():
+            state["weights"] = jax.block_until_ready(step(state["weights"], grads))
+
+        return update, lambda: jax.block_until_ready(total(state["weights"]))
+    import tensorflow as tf
+
+    weights = [tf.Variable(v) for v in values]
+    grads = [tf.fill(v.shape, 1e-3) for v in values]
+
+    @tf.function(jit_compile=True)
+    def update():
+        for weight, grad in zip(weights, grads):
+            weight.assign_sub(0.01 * grad)
+
+    @tf.function(jit_compile=True)
+    def total():
+        return tf.add_n([tf.reduce_sum(w) for w in weights])
+
+    return lambda: update(), lambda: total().numpy()
+
+
 def median_ms(call, steps, warmup):
     for _ in range(warmup):
         call()
@@ -188,7 +235,9 @@ def run(args):
     cases = [(name, n, k) for n in args.experts for k in args.topk for name in args.models
              if not (name.startswith("dense_ffn") and n != args.experts[0])]
     models = {case: build(*case[:1], args, *case[1:]) for case in cases}
-    passes = {case: {"train_ms": [], "predict_ms": []} for case in cases}
+    metrics = ["train_ms", "predict_ms"] + (["sgd_update_ms", "weights_read_ms"] if args.floors else [])
+    passes = {case: {metric: [] for metric in metrics} for case in cases}
+    floors = {case: weight_floor_calls(model) for case, model in models.items()} if args.floors else {}
     memory = memory_in_fresh_processes(args, cases) if args.memory else {}
     for index in range(args.repeats):
         for case, model in models.items():
@@ -202,6 +251,10 @@ def run(args):
                 median_ms(lambda: model.train_on_batch(x, x), steps, warmup))
             passes[case]["predict_ms"].append(
                 median_ms(lambda: model.predict_on_batch(x), steps, warmup))
+            if case in floors:
+                update, read = floors[case]
+                passes[case]["sgd_update_ms"].append(median_ms(update, steps, warmup))
+                passes[case]["weights_read_ms"].append(median_ms(read, steps, warmup))
             print(f"pass {index}: {name:18s} n={n:<4d} k={case[2]} "
                   f"train {passes[case]['train_ms'][-1]:9.1f} ms  "
                   f"predict {passes[case]['predict_ms'][-1]:9.1f} ms", flush=True)

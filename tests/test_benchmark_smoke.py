@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import load_script
@@ -102,14 +103,10 @@ def test_median_rows_takes_each_configurations_median_pass():
 
 
 def test_peer_benchmark_quick_writes_a_record(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_peers", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_peers.py")
     out = tmp_path / "peers.json"
-    record = bench.main(["--quick", "--models", "dense_ffn,moe_default,moe_cf1.25", "--json", str(out)])
+    record = bench.main(["--quick", "--floors", "--models", "dense_ffn,moe_default,moe_cf1.25",
+                         "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(record["rows"]))
     assert {"command", "config", "seed", "versions", "machine", "timings"} <= set(saved)
@@ -118,9 +115,47 @@ def test_peer_benchmark_quick_writes_a_record(tmp_path):
     assert cases == {("dense_ffn", 4, 1), ("dense_ffn", 4, 2)} | {
         (m, n, k) for m in ("moe_default", "moe_cf1.25") for n in (4, 8) for k in (1, 2)}
     for row in saved["rows"]:
-        assert all(0 < t < 60_000 for t in row["train_ms"] + row["predict_ms"])
+        timed = row["train_ms"] + row["predict_ms"] + row["sgd_update_ms"] + row["weights_read_ms"]
+        assert len(timed) == 4 and all(0 < t < 60_000 for t in timed)
         if row["model"].startswith("moe"):
             assert row["train_max_load_ratio"] >= 1.0
+
+
+def test_peer_benchmark_weight_floors_update_and_read_every_weight():
+    import keras
+
+    bench = load_script("benchmarks/bench_peers.py")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.layers[1].set_weights([np.full((3, 2), 2.0, "float32"), np.zeros(2, "float32")])
+    update, read = bench.weight_floor_calls(model)
+    # 6 kernel entries of 2 and 2 biases of 0 sum to 12.
+    assert float(read()) == pytest.approx(12.0)
+    update()
+    update()
+    # Each update subtracts 0.01 * 1e-3 from each of the 8 weights.
+    assert float(read()) == pytest.approx(12.0 - 2 * 8 * 1e-5, abs=1e-6)
+    # Copies: the model's own weights are untouched.
+    assert float(model.layers[1].kernel.numpy().sum()) == 12.0
+
+
+def test_peer_floors_from_a_handmade_record():
+    from pipelines.reports import peer_floors
+
+    def row(model, n, params, train, predict, update, read):
+        return {"model": model, "n": n, "k": 2, "params": params, "train_ms": [train],
+                "predict_ms": [predict], "sgd_update_ms": [update], "weights_read_ms": [read]}
+
+    run = {"rows": [row("dense_ffn", 8, 1000, 20.0, 10.0, 1.0, 0.5),
+                    row("moe_default", 8, 8000, 30.0, 12.0, 3.0, 1.5),
+                    row("moe_default", 64, 64000, 50.0, 16.0, 17.0, 5.5)]}
+    train, predict = peer_floors(run)
+    # (20 + 17 - 1) / 20 = 1.8; (30 + 17 - 3) / 30 = 1.47.
+    assert "17.0 ms, against 1.0 ms" in train and "is 1.80x the Dense FFN's" in train
+    assert train.endswith("is 1.47x n=8's")
+    # (10 + 5.5 - 0.5) / 10 = 1.5; (12 + 5.5 - 1.5) / 12 = 1.33.
+    assert "is 1.50x the Dense FFN's" in predict and predict.endswith("is 1.33x n=8's")
+    assert peer_floors({"rows": [{**r, "sgd_update_ms": []} for r in run["rows"]]}) == []
 
 
 def test_peer_verdicts_from_a_handmade_record():
