@@ -318,7 +318,7 @@ def parse_args(argv):
     parser.add_argument("--timed-epochs", type=int, help="epochs timed after the first (default 3; 1 with --quick)")
     parser.add_argument("--accuracy-epochs", type=int, help="epochs of the accuracy run (default 8; 1 with --quick)")
     parser.add_argument("--load-repeats", type=int, help="fresh load processes (default 3; 1 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=64, help="the pipeline's default, 64")
+    parser.add_argument("--batch-size", type=int, default=128, help="the pipeline's default, 128")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", choices=("load", "epoch", "accuracy"), action="append", default=[],
                         help="leave a measurement out (repeatable)")

@@ -117,12 +117,17 @@ def test_options_block_pairs_each_option_with_its_own_without(tmp_path):
 def test_deterministic_run_needs_its_default_run(tmp_path):
     _write(tmp_path, "options", "det-0", {**_run([3, 5], 64, 0, 0.99, wall=90.0),
                                           "train_config": {"deterministic": True}})
-    with pytest.raises(RecordError, match="seed 0 has no run of the same seed, model and epochs"):
+    with pytest.raises(RecordError, match="seed 0 has no run of the same seed, model and recipe"):
         blocks.pipeline_options(Records(tmp_path))
     # A run of another trunk is not its pair; the same model in default-pool/ is.
     other = _run([3, 5], 64, 0, 0.99, wall=50.0)
     other["model_config"]["trunk"] = "pool"
     _write(tmp_path, "default", "moe-0", other)
+    with pytest.raises(RecordError, match="seed 0 has no run"):
+        blocks.pipeline_options(Records(tmp_path))
+    # Nor is one of another batch size.
+    _write(tmp_path, "default-b64", "moe-0", {**_run([3, 5], 64, 0, 0.99, wall=40.0),
+                                              "train_config": {"deterministic": False, "batch_size": 64}})
     with pytest.raises(RecordError, match="seed 0 has no run"):
         blocks.pipeline_options(Records(tmp_path))
     _write(tmp_path, "default-pool", "moe-0", _run([3, 5], 64, 0, 0.99, wall=60.0))
@@ -135,3 +140,25 @@ def test_blocks_say_what_is_not_recorded(tmp_path):
     assert "No run is recorded" in blocks.pipeline_seeds(records)
     assert "No `--grid` run" in blocks.pipeline_grid(records)
     assert "No run with `--tta`" in blocks.pipeline_options(records)
+
+
+def test_recipe_screen_pairs_each_arm_with_base_by_seed(tmp_path):
+    def run(arm, seed, accuracy, loss, epochs):
+        return {"arm": arm, "seed": seed, "val_acc": accuracy, "val_nll": loss, "epoch_s": epochs}
+
+    record = {"config": {"arms": {"base": "batch 64", "b128": "batch 128"}}, "machine": MACHINE, "runs": [
+        run("base", 0, 0.9800, 0.060, [3.0, 1.3, 1.2, 1.4]),
+        run("base", 1, 0.9850, 0.050, [3.0, 1.3, 1.3, 1.3]),
+        run("b128", 0, 0.9825, 0.070, [3.0, 1.1, 1.0, 1.2]),
+        run("b128", 1, 0.9900, 0.040, [3.0, 1.2, 1.2, 1.1]),
+    ]}
+    path = tmp_path / blocks.SCREEN_RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    text = blocks.recipe_screen(Records(tmp_path))
+    # Gaps +0.25 and +0.50 pp: mean +0.375, sd 0.1768, t(0.975, 1) = 12.706
+    # -> half width 12.706 * 0.1768 / sqrt(2) = 1.588. Losses: +0.01, -0.01.
+    # Epoch medians after the first: 1.1 and 1.2 -> 1.15; base 1.3 and 1.3.
+    assert ("| `b128` | batch 128 | 0, 1 | 98.62 (98.25-99.00) | +0.38 [-1.21, +1.96] | 0.0550 "
+            "| +0.0000 [-0.1271, +0.1271] | 1.15 |") in text
+    assert "| `base` | batch 64 | 0, 1 | 98.25 (98.00-98.50) | - | 0.0550 | - | 1.30 |" in text

@@ -65,7 +65,7 @@ class _LearningRates(keras.callbacks.Callback):
 
 def test_pipeline_recipe_values_are_the_pipelines():
     config = TrainConfig()
-    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (32, 64, 2e-3, "cosine")
+    assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (32, 128, 3e-3, "cosine")
     assert (config.validation_fraction, config.patience, config.verbose) == (0.1, 10, 1)
     assert config.steps_per_execution == "epoch"
     # Validation loss is watched from 3/4 of the schedule on.
@@ -76,7 +76,7 @@ def test_pipeline_recipe_values_are_the_pipelines():
     assert stopping.restore_best_weights
     schedule = train.learning_rate(config, steps_per_epoch=57)
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
-    assert schedule.initial_learning_rate == 2e-3 and schedule.decay_steps == 57 * 32
+    assert schedule.initial_learning_rate == 3e-3 and schedule.decay_steps == 57 * 32
 
 
 def test_study_recipe_values_are_the_studys():
@@ -96,7 +96,7 @@ def test_study_recipe_values_are_the_studys():
 def test_fit_trains_with_the_configured_schedule(schedule):
     x, y = _tiny_images()
     rates = _LearningRates()
-    config = TrainConfig(epochs=3, batch_size=32, schedule=schedule, verbose=0)
+    config = TrainConfig(epochs=3, batch_size=32, learning_rate=2e-3, schedule=schedule, verbose=0)
     model, history, usage, epoch_seconds = train.fit(TINY_MLP, config, x[:40], y[:40], x[40:], y[40:],
                                                      callbacks=[rates])
     assert len(history["loss"]) == len(epoch_seconds) == 3

@@ -2,8 +2,9 @@
 
 `python -m pipelines.experiments.router_saturation` trains the pipeline's
 CNN models for the first epochs of the pipeline's own recipe
-(`pipelines.train.fit` with the default `TrainConfig`: Adam 2e-3 with the
-40-epoch cosine schedule, augmentation, early stopping) on the embedded
+(`pipelines.train.fit` with the pipeline's recipe when it was recorded:
+Adam 2e-3, batch 64, the 40-epoch cosine schedule, augmentation, early
+stopping) on the embedded
 sample and, after every epoch, measures on the validation images:
 
 * the standard deviation of the router logits;
@@ -112,7 +113,7 @@ def run(epochs, quick=False, log=print):
 
     # The full run's recipe when it was recorded (the cosine schedule spans
     # its 40 epochs); only the first `epochs` of it are run.
-    train_config = TrainConfig(epochs=40, verbose=0)
+    train_config = TrainConfig(epochs=40, batch_size=64, learning_rate=2e-3, verbose=0)
     for name, model_config in _variants():
         fit(model_config, train_config, x_train, y_train, x_val, y_val,
             callbacks=[Probe(name)])

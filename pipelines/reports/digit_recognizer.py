@@ -14,6 +14,9 @@ Read from committed records:
   same mean that `--ensemble N` writes).
 * `reports/records/digit_recognizer/options/*.json`: runs with `--tta`,
   `--pseudo-label` and `--deterministic`.
+* `reports/records/digit_recognizer_screen/screen.json`: a validation-only
+  screen of recipe variants (its `screen.py` never reads the held-out
+  labels).
 
 Every accuracy is on the 1,000 held-out digits of split 2 (`test_labels.csv`),
 which no recipe decision looked at; "validation" is the 10% split of
@@ -34,6 +37,10 @@ from pipelines.reports import report_block
 from pipelines.reports.study_scale import t_interval
 
 SPEED_RECORD = "benchmarks/results/default_run_cpu.json"
+SCREEN_RECORD = "reports/records/digit_recognizer_screen/screen.json"
+# The default's runs, then those of earlier defaults: batch 64 at 2e-3 on the
+# strided trunk, and the max-pool trunk before that.
+DEFAULT_FOLDERS = ("default", "default-b64", "default-pool")
 RUNS = "reports/records/digit_recognizer"
 # The issue's targets.
 SPEED_TARGET = 0.5  # training time over c619839's, at most
@@ -120,6 +127,46 @@ def default_run_speed(records: Records) -> str:
         f"{_met(whole['max'] < WHOLE_COMMAND_TARGET_S)}).",
     ]
     return "\n".join(lines)
+
+
+# The recipe screen (validation only) --------------------------------------------
+
+
+def _paired_cell(values, base, scale=1.0, digits=2) -> str:
+    """Mean of `values` minus `base`, seed by seed, with its 95% t interval."""
+    mean, low, high = t_interval([scale * (v - b) for v, b in zip(values, base)])
+    # Rounded, + 0.0: a mean that rounds to zero prints as +0.00, not -0.00.
+    return f"{round(mean, digits) + 0.0:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+@report_block("reports/digit_recognizer_grid.md", "recipe-screen")
+def recipe_screen(records: Records) -> str:
+    if not records.glob(SCREEN_RECORD):
+        return f"No screen is recorded yet (`{SCREEN_RECORD}`)."
+    run = records.json(SCREEN_RECORD)
+    by_arm: dict[str, dict[int, dict]] = {}
+    for r in run["runs"]:
+        by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+    base = by_arm["base"]
+    rows = []
+    for arm, by_seed in by_arm.items():
+        seeds = sorted(set(by_seed) & set(base))
+        accuracy = [by_seed[s]["val_acc"] for s in seeds]
+        loss = [by_seed[s]["val_nll"] for s in seeds]
+        rows.append([
+            f"`{arm}`", run["config"]["arms"][arm], ", ".join(map(str, seeds)),
+            f"{100 * statistics.fmean(accuracy):.2f} ({100 * min(accuracy):.2f}-{100 * max(accuracy):.2f})",
+            "-" if arm == "base" else _paired_cell(accuracy, [base[s]["val_acc"] for s in seeds], 100),
+            f"{statistics.fmean(loss):.4f}",
+            "-" if arm == "base" else _paired_cell(loss, [base[s]["val_nll"] for s in seeds], digits=4),
+            f"{statistics.median(statistics.median(by_seed[s]['epoch_s'][1:]) for s in seeds):.2f}",
+        ])
+    table = markdown_table(["arm", "recipe", "seeds", "validation % mean (range)", "minus base, pp [95% t]",
+                            "validation loss mean", "minus base [95% t]", "epoch s (median)"], rows)
+    return (f"{table}\n\nMoE(3,5) h64, 32 epochs; each seed's own 400-image validation split; "
+            f"the loss is the mean negative log-likelihood (label smoothing raises it by construction). "
+            f"Epoch s: the median over seeds of each run's median epoch after the first; {_machine(run)}. "
+            f"Record `{SCREEN_RECORD}`.")
 
 
 # Item 2: the default against its dense baseline ------------------------------
@@ -252,14 +299,16 @@ def pipeline_options(records: Records) -> str:
             [(r["pseudo_label"]["first_pass"]["test_accuracy"], r["test_accuracy"]) for r in pseudo],
             [(r["pseudo_label"]["first_pass"]["validation_accuracy"], r["validation_accuracy"]) for r in pseudo]))
     # Each --deterministic run against the run of the same seed, model and
-    # epochs without it (the default of its day: default/ or default-pool/).
-    plain_runs = _runs(records, "default") + _runs(records, "default-pool")
+    # recipe without it (the default of its day: default/, or an earlier
+    # default's folder).
+    plain_runs = [run for folder in DEFAULT_FOLDERS for run in _runs(records, folder)]
+    recipe = ("epochs", "batch_size", "learning_rate")
     for r in deterministic:
         plain = next((p for p in plain_runs if p["seed"] == r["seed"] and p["model_config"] == r["model_config"]
-                      and p["train_config"].get("epochs") == r["train_config"].get("epochs")), None)
+                      and all(p["train_config"].get(k) == r["train_config"].get(k) for k in recipe)), None)
         if plain is None:
             raise RecordError(f"the --deterministic run of seed {r['seed']} has no run of the same seed, model and "
-                              f"epochs without it under {RUNS}/default/ or {RUNS}/default-pool/")
+                              f"recipe (epochs, batch size, learning rate) without it under {', '.join(f'{RUNS}/{f}/' for f in DEFAULT_FOLDERS)}")
         rows.append(["`--deterministic`", r["seed"], f"{_pct(plain['validation_accuracy'])} -> {_pct(r['validation_accuracy'])}",
                      f"{_pct(plain['test_accuracy'])} -> {_pct(r['test_accuracy'])}",
                      f"{r['wall_time_s']:.0f} s against {plain['wall_time_s']:.0f} s without "
