@@ -775,6 +775,43 @@ def peers(records: Records) -> str:
     return "\n\n".join(parts)
 
 
+# The dropless path piece by piece (benchmarks/profile_dropless.py) -------------
+
+PROFILE_FILE = f"{BENCH}/profile_dropless_cpu_tf.json"
+
+
+def profile_table(run: dict) -> str:
+    """One row per expert count: each piece's median over the passes (range
+    in brackets), `combine` as the mixture minus its first two pieces."""
+    rows = []
+    for row in run["rows"]:
+        combine = [m - g - e for m, g, e in zip(row["mixture"], row["sort_plan_gather"], row["experts_on_buffers"])]
+        n_rows, capacity = row["buffer_shape"][0] * row["buffer_shape"][1], row["buffer_shape"][1]
+        slots = run["config"]["tokens"] * row["k"]
+        rows.append([row["n"], row["k"], f"{row['n']} x {capacity} = {n_rows:,} ({n_rows / slots:.2f}x the {slots:,} choices)",
+                     _ms(row, "dense_ffn"), _ms(row, "layer"), _ms(row, "route"), _ms(row, "sort_plan_gather"),
+                     _ms(row, "experts_on_buffers"), _spread(combine, 1), _ms(row, "plain_matmuls"),
+                     _spread([a / b for a, b in zip(row["layer"], row["dense_ffn"])]),
+                     _spread([a / b for a, b in zip(row["experts_on_buffers"], row["plain_matmuls"])])])
+    return markdown_table(["n", "k", "buffer rows", "Dense FFN ms", "MoEDense ms", "route ms", "sort, plan, gather ms",
+                           "experts on buffers ms", "combine ms", "plain matmuls, same FLOPs ms",
+                           "MoEDense over Dense FFN", "experts over plain matmuls"], rows)
+
+
+@report_block("benchmarks/README.md", "profile-dropless")
+@report_block("README.md", "profile-dropless")
+def profile_dropless(records: Records) -> str:
+    if not records.glob(PROFILE_FILE):
+        return f"Not measured yet (`{PROFILE_FILE}` is not committed)."
+    run = records.json(PROFILE_FILE)
+    config, machine = run["config"], run["machine"]
+    return (f"**TensorFlow, inference** (`{PROFILE_FILE}`; {config['tokens']:,} tokens of {config['features']}, "
+            f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
+            f"{machine['accelerator'] or 'no accelerator'}; load average {_load(run)}). Median over "
+            f"{config['repeats']} passes of the median of {config['steps']} calls, range in brackets.\n\n"
+            + profile_table(run))
+
+
 # Kernels (benchmarks/results/kernels_*.json, written by benchmarks/bench_kernels.py) --
 
 KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.json"}
