@@ -226,3 +226,34 @@ def test_profile_table_from_a_handmade_record():
     # plain matmuls 1.25 and 1.5 (median 1.375).
     assert "| 64 x 160 = 10,240 (1.25x the 8,192 choices) |" in table
     assert "| 1.0 (1.0-1.0) | 7.0 (6.0-8.0) | 1.75 (1.50-2.00) | 1.38 (1.25-1.50) |" in table
+
+
+def test_branch_profile_quick_times_every_variant_under_both_allocators(tmp_path):
+    bench = load_script("benchmarks/profile_branches_jax.py")
+    out = tmp_path / "branches.json"
+    bench.main(["--quick", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["allocator"] for row in rows] == ["default", "raised mmap threshold"]
+    assert rows[1]["env"] == bench.RAISED_MALLOC
+    for row in rows:
+        # The taken rung holds the busiest expert and is on the ladder.
+        assert row["busiest"] <= row["taken_rung"] and row["taken_rung"] in row["ladder"]
+        assert all(row["ms"][v] > 0 for v in bench.VARIANTS)
+
+
+def test_branch_table_from_a_handmade_record():
+    from pipelines.reports import profile_branches
+
+    class Stub:
+        def glob(self, pattern):
+            return [pattern]
+
+        def json(self, path):
+            ms = dict(taken_rung=10.0, two_rungs=11.0, ladder=18.0, ladder_and_overflow=19.0, layer=20.0)
+            return {"config": {"tokens": 4096, "features": 256, "hidden": 384, "steps": 15},
+                    "machine": {"cpu_count": 2, "accelerator": None},
+                    "rows": [{"n": 8, "k": 2, "busiest": 1064, "taken_rung": 1152, "ladder": [1152, 1280],
+                              "allocator": "default", "ms": ms}]}
+
+    text = profile_branches(Stub())
+    assert "| 8 | 2 | 1064 | 1152 | 1152, 1280 | default | 10.0 | 11.0 | 18.0 | 19.0 | 20.0 |" in text

@@ -812,6 +812,26 @@ def profile_dropless(records: Records) -> str:
             + profile_table(run))
 
 
+BRANCHES_FILE = f"{BENCH}/profile_branches_cpu_jax.json"
+BRANCH_VARIANTS = ("taken_rung", "two_rungs", "ladder", "ladder_and_overflow", "layer")
+
+
+@report_block("benchmarks/README.md", "profile-branches")
+def profile_branches(records: Records) -> str:
+    if not records.glob(BRANCHES_FILE):
+        return f"Not measured yet (`{BRANCHES_FILE}` is not committed)."
+    run = records.json(BRANCHES_FILE)
+    config, machine = run["config"], run["machine"]
+    rows = [[row["n"], row["k"], row["busiest"], row["taken_rung"], ", ".join(map(str, row["ladder"])),
+             row["allocator"], *(f"{row['ms'][v]:.1f}" for v in BRANCH_VARIANTS)] for row in run["rows"]]
+    table = markdown_table(["n", "k", "busiest expert", "taken rung", "ladder", "allocator",
+                            *(f"{v.replace('_', ' ')} ms" for v in BRANCH_VARIANTS)], rows)
+    return (f"**JAX, inference** (`{BRANCHES_FILE}`; {config['tokens']:,} tokens of {config['features']}, "
+            f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
+            f"{machine['accelerator'] or 'no accelerator'}). One process per row, median of "
+            f"{config['steps']} jitted calls, one pass.\n\n" + table)
+
+
 # Kernels (benchmarks/results/kernels_*.json, written by benchmarks/bench_kernels.py) --
 
 KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.json"}
