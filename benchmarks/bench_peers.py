@@ -33,7 +33,8 @@ model's trainable weights: one SGD update (`w -= lr * g`, which a train
 step applies to every expert that received a token, i.e. to all of them at
 these sizes) and one read of every weight (a sum over them; predict reads
 each weight at least once). The MoE's FLOPs per token equal the Dense
-FFN's, so these, not the matmuls, set how close to it the MoE can get.
+FFN's, so a dispatch with no cost of its own would take the Dense FFN's
+time plus what these add over the Dense FFN's own weights.
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_tf.json
     KERAS_BACKEND=jax python benchmarks/bench_peers.py --json benchmarks/results/peers_cpu_jax.json
