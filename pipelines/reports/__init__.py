@@ -798,18 +798,23 @@ def profile_table(run: dict) -> str:
                            "MoEDense over Dense FFN", "experts over plain matmuls"], rows)
 
 
+def _profile_setup(path: str, run: dict) -> str:
+    """The record, token shape and machine of a profile record, for its heading."""
+    config, machine = run["config"], run["machine"]
+    return (f"`{path}`; {config['tokens']:,} tokens of {config['features']}, expert hidden {config['hidden']}; "
+            f"{machine['cpu_count']} CPU cores, {machine['accelerator'] or 'no accelerator'}")
+
+
 @report_block("benchmarks/README.md", "profile-dropless")
 @report_block("README.md", "profile-dropless")
 def profile_dropless(records: Records) -> str:
     if not records.glob(PROFILE_FILE):
         return f"Not measured yet (`{PROFILE_FILE}` is not committed)."
     run = records.json(PROFILE_FILE)
-    config, machine = run["config"], run["machine"]
-    return (f"**TensorFlow, inference** (`{PROFILE_FILE}`; {config['tokens']:,} tokens of {config['features']}, "
-            f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
-            f"{machine['accelerator'] or 'no accelerator'}; load average {_load(run)}). Median over "
-            f"{config['repeats']} passes of the median of {config['steps']} calls, range in brackets.\n\n"
-            + profile_table(run))
+    config = run["config"]
+    return (f"**TensorFlow, inference** ({_profile_setup(PROFILE_FILE, run)}; load average {_load(run)}). "
+            f"Median over {config['repeats']} passes of the median of {config['steps']} calls, range in "
+            "brackets.\n\n" + profile_table(run))
 
 
 BRANCHES_FILE = f"{BENCH}/profile_branches_cpu_jax.json"
@@ -821,15 +826,12 @@ def profile_branches(records: Records) -> str:
     if not records.glob(BRANCHES_FILE):
         return f"Not measured yet (`{BRANCHES_FILE}` is not committed)."
     run = records.json(BRANCHES_FILE)
-    config, machine = run["config"], run["machine"]
     rows = [[row["n"], row["k"], row["busiest"], row["taken_rung"], ", ".join(map(str, row["ladder"])),
              row["allocator"], *(f"{row['ms'][v]:.1f}" for v in BRANCH_VARIANTS)] for row in run["rows"]]
     table = markdown_table(["n", "k", "busiest expert", "taken rung", "ladder", "allocator",
                             *(f"{v.replace('_', ' ')} ms" for v in BRANCH_VARIANTS)], rows)
-    return (f"**JAX, inference** (`{BRANCHES_FILE}`; {config['tokens']:,} tokens of {config['features']}, "
-            f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
-            f"{machine['accelerator'] or 'no accelerator'}). One process per row, median of "
-            f"{config['steps']} jitted calls, one pass.\n\n" + table)
+    return (f"**JAX, inference** ({_profile_setup(BRANCHES_FILE, run)}). One process per row, median of "
+            f"{run['config']['steps']} jitted calls, one pass.\n\n" + table)
 
 
 # Kernels (benchmarks/results/kernels_*.json, written by benchmarks/bench_kernels.py) --
