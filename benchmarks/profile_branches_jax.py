@@ -12,8 +12,8 @@ and the bucketed mixture with:
 * `two_rungs`: the taken rung and the next one;
 * `ladder`: the layer's ladder below the overflow bound (every rung up to
   `ROWS_MIN_IMBALANCE` times the mean load);
-* `ladder_and_overflow`: the same plus the sorted-rows branch, which is what
-  the layer runs (`strategy.dropless_mixture`);
+* `ladder_and_overflow`: the same plus the sorted-rows branch:
+  `strategy.dropless_mixture`, what the layer runs;
 * `layer`: the whole `MoEDense` call at inference.
 
 Each variant is measured twice, in fresh processes: with the C library's
@@ -27,6 +27,7 @@ on every call. Medians of `--steps` jitted calls after 3 warm-up calls.
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -79,31 +80,31 @@ def measure(args, num_experts):
     routed = layer.route(x, training=False)
     indices, weights = routed.expert_indices, routed.expert_weights
     busiest = int(np.max(np.bincount(np.asarray(indices).reshape(-1), minlength=n)))
-    top = strategy.ROWS_MIN_IMBALANCE * args.tokens * k / n
+    top = math.ceil(strategy.ROWS_MIN_IMBALANCE * args.tokens * k / n)
     ladder = [c for c in dropless.bucket_capacities(args.tokens, n, k) if c <= top]
     taken = min(c for c in ladder if c >= busiest)
 
     def experts(buffers, layout):
         return layer._run_experts(layer.experts, buffers)
 
-    def mixture(rungs, overflow=None):
+    def rungs_only(rungs):
         def call(x, indices, weights):
             choices = dropless.sort_by_expert(indices, n)
-            return dropless.bucketed_mixture(x, indices, weights, choices, experts, n, rungs, overflow, False)
+            return dropless.bucketed_mixture(x, indices, weights, choices, experts, n, rungs, None, False)
         return call
 
-    def rows(x, weights):
-        from moe_keras.dispatch import grouped
-
-        choices = dropless.sort_by_expert(indices, n)
-        return grouped.sorted_mixture(x, indices, weights, choices, lambda r, plan, layout: layer._run_grouped(r, plan), n)
+    def engine(x, indices, weights):
+        # The layer's own engine: the ladder with the sorted rows as overflow.
+        return strategy.dropless_mixture(
+            x, indices, weights, n, run_buffers=experts,
+            run_rows=lambda rows, plan, layout: layer._run_grouped(rows, plan), rematerialize=False)
 
     above = [c for c in ladder if c > taken]
     calls = {
-        "taken_rung": mixture([taken]),
-        "two_rungs": mixture([taken, *above[:1]]),
-        "ladder": mixture(ladder),
-        "ladder_and_overflow": mixture(ladder, rows),
+        "taken_rung": rungs_only([taken]),
+        "two_rungs": rungs_only([taken, *above[:1]]),
+        "ladder": rungs_only(ladder),
+        "ladder_and_overflow": engine,
         "layer": lambda x, indices, weights: layer(x, training=False),
     }
     times = {}
