@@ -6,8 +6,9 @@ Two tables, one backend per run (`KERAS_BACKEND`):
   by expert with the loads a random router gives, forward and backward,
   compiled: the plain `(R, d) x (d, h)` matmul of the same FLOPs (the floor),
   the bucketed-capacity einsum at the rung that holds the busiest expert,
-  the portable block kernel for several block sizes, and on JAX
-  `jax.lax.ragged_dot`.
+  the portable block kernel for several block sizes (`blocks_*`: one
+  batched matmul over copied kernels; on JAX also `scanned_blocks_*`, a
+  loop over the blocks, the JAX default), and on JAX `jax.lax.ragged_dot`.
 * `dispatch`: a whole `MoEDense` train step (`train_on_batch`, SGD) with
   `dispatch="dense"` against the default dropless sparse dispatch, for
   `n / k` from 1.5 to 8: where `dispatch="auto"` should switch.
@@ -19,6 +20,7 @@ Two tables, one backend per run (`KERAS_BACKEND`):
     KERAS_BACKEND=jax python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_jax.json
     KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_tf.json
     KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_tf.json
+    KERAS_BACKEND=jax python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_jax.json
 """
 
 import argparse
@@ -108,9 +110,14 @@ def grouped_rows(args):
             "plain_matmul": (lambda x, w: ops.matmul(x, w[0]), x),
             f"buckets_rung_{rung}": (lambda b, w: ops.einsum("etd,edh->eth", b, w), buffers),
         }
-        for block in args.blocks:
-            kernels[f"blocks_{block}"] = (
-                lambda x, w, block=block: dispatch.block_grouped_matmul(x, w, group_sizes, block), x)
+        products = {"blocks": dispatch.batched_blocks_matmul}
+        if keras.backend.backend() == "jax":
+            products["scanned_blocks"] = dispatch.scanned_blocks_matmul
+        for prefix, product in products.items():
+            for block in args.blocks:
+                kernels[f"{prefix}_{block}"] = (
+                    lambda x, w, block=block, product=product: dispatch.block_grouped_matmul(
+                        x, w, group_sizes, block, product), x)
         if keras.backend.backend() == "jax":
             import jax
 

@@ -204,12 +204,53 @@ def empty_groups_problem():
     return rows, kernels, sizes, expected
 
 
-def test_block_grouped_matmul_with_empty_groups_and_trailing_rows():
+def block_products():
+    """The block products this backend can run (the scanned one is JAX's)."""
+    products = [dispatch.batched_blocks_matmul]
+    if keras.backend.backend() == "jax":
+        products.append(dispatch.scanned_blocks_matmul)
+    return products
+
+
+@pytest.mark.parametrize("product", block_products(), ids=lambda f: f.__name__)
+def test_block_grouped_matmul_with_empty_groups_and_trailing_rows(product):
     rows, kernels, sizes, expected = empty_groups_problem()
     for block in (1, 2, 4, 16):
-        got = np_(dispatch.block_grouped_matmul(rows, kernels, sizes, block_size=block))
+        got = np_(dispatch.block_grouped_matmul(rows, kernels, sizes, block, product))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np_(dispatch.grouped_matmul(rows, kernels, sizes)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("product", block_products(), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("sizes", [[3, 0, 6, 0], [0, 9, 0, 0]], ids=["empty_groups", "one_group_takes_all"])
+def test_block_grouped_matmul_gradients(product, sizes):
+    # d/d rows and d/d kernels of sum(out * upstream), written out group by
+    # group: rows past the groups get no gradient.
+    rng = np.random.default_rng(6)
+    rows = rng.normal(size=(11, 3)).astype("float32")
+    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
+    upstream = rng.normal(size=(11, 2)).astype("float32")
+    sizes = np.array(sizes, "int32")
+    expected_rows = np.zeros_like(rows)
+    expected_kernels = np.zeros_like(kernels)
+    start = 0
+    for expert, size in enumerate(sizes):
+        part = slice(start, start + size)
+        expected_rows[part] = upstream[part] @ kernels[expert].T
+        expected_kernels[expert] = rows[part].T @ upstream[part]
+        start += size
+
+    def loss(rows, kernels):
+        return ops.sum(dispatch.block_grouped_matmul(rows, kernels, sizes, 4, product) * upstream)
+
+    got_rows, got_kernels = gradients(loss, rows, kernels)
+    np.testing.assert_allclose(got_rows, expected_rows, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_kernels, expected_kernels, rtol=1e-5, atol=1e-5)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jitted = jax.jit(jax.grad(loss, argnums=(0, 1)))(rows, kernels)
+        np.testing.assert_allclose(np_(jitted[1]), expected_kernels, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

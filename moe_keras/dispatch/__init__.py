@@ -21,10 +21,13 @@ from moe_keras.dispatch.dropless import sorted_dispatch_plan
 from moe_keras.dispatch.gather import gather_rows
 from moe_keras.dispatch.gather import take_rows
 from moe_keras.dispatch.grouped import RowPlan
+from moe_keras.dispatch.grouped import batched_blocks_matmul
 from moe_keras.dispatch.grouped import block_grouped_matmul
+from moe_keras.dispatch.grouped import block_layout
 from moe_keras.dispatch.grouped import grouped_matmul
 from moe_keras.dispatch.grouped import permute
 from moe_keras.dispatch.grouped import row_plan
+from moe_keras.dispatch.grouped import scanned_blocks_matmul
 from moe_keras.dispatch.grouped import sorted_mixture
 from moe_keras.dispatch.grouped import take_row_bias
 from moe_keras.dispatch.grouped import unpermute

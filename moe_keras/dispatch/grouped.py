@@ -11,10 +11,12 @@ The `T * k` token choices are laid out as rows sorted by expert
 * JAX on a GPU or TPU: `jax.lax.ragged_dot`, a grouped GEMM whose
   gradient is one too. (On CPU XLA expands it to a dense product over all
   groups.)
-* Everywhere else: MegaBlocks-style blocks in `keras.ops`. Each
+* Everywhere else: MegaBlocks-style blocks (`block_grouped_matmul`). Each
   expert's rows are padded to a multiple of `block_size`, so the total is
-  at most `R + n * (block_size - 1)` rows, a static bound; the blocks then
-  run as one batched matmul against their experts' kernels.
+  at most `R + n * (block_size - 1)` rows, a static bound (`block_layout`);
+  the blocks then run against their experts' kernels as one batched matmul
+  in `keras.ops` (`batched_blocks_matmul`), or on JAX's CPU as a loop over
+  the blocks (`scanned_blocks_matmul`).
 """
 
 from typing import NamedTuple
@@ -28,8 +30,10 @@ from moe_keras.dispatch.gather import take_experts
 from moe_keras.dispatch.gather import take_rows
 
 BLOCK_SIZE = 64
-ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
 """Rows per block of the portable grouped matmul."""
+
+ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
+"""JAX platforms whose `ragged_dot` is a real grouped GEMM."""
 
 
 class RowPlan(NamedTuple):
@@ -87,23 +91,22 @@ def unpermute(rows, plan, expert_weights, valid):
     return mix_choices(chosen, expert_weights, valid)
 
 
-def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE):
-    """Portable grouped matmul: `out[r] = rows[r] @ kernels[expert of r]`.
+def block_layout(group_sizes, num_rows, num_experts, block_size=BLOCK_SIZE):
+    """Where every row sits once each group is padded to whole blocks.
 
     Args:
-        rows: `(R, d)` rows sorted by group; rows past `sum(group_sizes)`
-            give zeros.
-        kernels: `(n, d, u)`.
-        group_sizes: `(n,)` int32.
+        group_sizes: `(n,)` int32 rows per group, in order.
+        num_rows: `R`, the rows' static (or scalar tensor) count.
+        num_experts: `n`.
         block_size: rows per block.
 
     Returns:
-        `(R, u)`.
+        `(num_blocks, source, row_slot, block_experts)`: the static block
+        count `(R + n * (block_size - 1)) // block_size + 1`; `source`, the
+        row each padded slot reads (`R` for padding); `row_slot`, the slot of
+        each row (past the last slot for rows past the groups); and
+        `block_experts`, the group of each block.
     """
-    num_rows, features = rows.shape[0], rows.shape[-1]
-    if num_rows is None:
-        num_rows = ops.shape(rows)[0]
-    num_experts = kernels.shape[0]
     num_blocks = (num_rows + num_experts * (block_size - 1)) // block_size + 1
     padded = (group_sizes + block_size - 1) // block_size * block_size
     padded_ends = ops.cumsum(padded)
@@ -129,10 +132,90 @@ def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE):
     )
     row_slot = row - ops.take(offsets, row_expert) + ops.take(padded_offsets, row_expert)
     row_slot = ops.where(row < ops.sum(group_sizes), row_slot, num_blocks * block_size)
+    return num_blocks, source, row_slot, expert[::block_size]
+
+
+def batched_blocks_matmul(blocks, kernels, block_experts):
+    """`(B, P, d)` blocks times their experts' kernels, `(B, P, u)`: each
+    block's kernel copied out, then one batched matmul (portable)."""
+    return ops.einsum("bpd,bdu->bpu", blocks, take_experts(kernels, block_experts))
+
+
+def scanned_blocks_matmul(blocks, kernels, block_experts):
+    """The same product on JAX as a loop over the blocks that reads each
+    kernel in place.
+
+    The batched form's copies (one `(d, u)` kernel per block) and their
+    scatter-add gradient dominate it on XLA's CPU backend: on 2 CPU cores,
+    8,192 rows of 256 features times `(n, 256, 384)` kernels in blocks of
+    64, the loop takes 0.67 (n=8) and 0.57 (n=64) of its forward-and-backward
+    time, medians of three passes (`benchmarks/results/kernels_cpu_jax.json`,
+    the grouped rows), and its temporaries hold one block, not one kernel
+    per block. Here the
+    gradient is written out too: JAX would differentiate the loop's kernel
+    read into an `(n, d, u)` zero tensor per block, so the kernels'
+    gradient instead accumulates each block's `(d, u)` product into its
+    expert's slice in place.
+    """
+    import jax
+
+    def kernel(kernels, expert):
+        return jax.lax.dynamic_index_in_dim(kernels, expert, keepdims=False)
+
+    @jax.custom_vjp
+    def product(blocks, kernels, block_experts):
+        return jax.lax.map(lambda b: b[0] @ kernel(kernels, b[1]), (blocks, block_experts))
+
+    def forward(blocks, kernels, block_experts):
+        return product(blocks, kernels, block_experts), (blocks, kernels, block_experts)
+
+    def backward(saved, upstream):
+        blocks, kernels, block_experts = saved
+        d_blocks = jax.lax.map(lambda b: b[0] @ kernel(kernels, b[1]).T, (upstream, block_experts))
+
+        def accumulate(d_kernels, b):
+            block, grad, expert = b
+            return d_kernels.at[expert].add(block.T @ grad), None
+
+        d_kernels, _ = jax.lax.scan(
+            accumulate, jax.numpy.zeros_like(kernels), (blocks, upstream, block_experts)
+        )
+        return d_blocks, d_kernels, None
+
+    product.defvjp(forward, backward)
+    blocks, kernels, block_experts = (ops.convert_to_tensor(x) for x in (blocks, kernels, block_experts))
+    return product(blocks, kernels, block_experts)
+
+
+def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE, blocks_matmul=None):
+    """Portable grouped matmul: `out[r] = rows[r] @ kernels[expert of r]`.
+
+    Args:
+        rows: `(R, d)` rows sorted by group; rows past `sum(group_sizes)`
+            give zeros.
+        kernels: `(n, d, u)`.
+        group_sizes: `(n,)` int32.
+        block_size: rows per block.
+        blocks_matmul: `(blocks, kernels, block_experts) -> outputs`, how
+            the blocks meet their kernels; by default `scanned_blocks_matmul`
+            on JAX and `batched_blocks_matmul` elsewhere.
+
+    Returns:
+        `(R, u)`.
+    """
+    num_rows, features = rows.shape[0], rows.shape[-1]
+    if num_rows is None:
+        num_rows = ops.shape(rows)[0]
+    num_experts = kernels.shape[0]
+    if blocks_matmul is None:
+        jax = keras.backend.backend() == "jax"
+        blocks_matmul = scanned_blocks_matmul if jax else batched_blocks_matmul
+    num_blocks, source, row_slot, block_experts = block_layout(
+        group_sizes, num_rows, num_experts, block_size
+    )
     blocks = gather_rows(rows, source, row_slot[:, None])
     blocks = ops.reshape(blocks, (num_blocks, block_size, features))
-    block_kernels = take_experts(kernels, expert[::block_size])
-    outputs = ops.einsum("bpd,bdu->bpu", blocks, block_kernels)
+    outputs = blocks_matmul(blocks, kernels, block_experts)
     # The unit count stays static when the row count is not.
     outputs = ops.reshape(outputs, (-1, kernels.shape[-1]))
     return gather_rows(outputs, row_slot, source[:, None])

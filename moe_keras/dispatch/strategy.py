@@ -56,7 +56,10 @@ buffers cost `n * busiest` rows, sorted rows `T * k` plus at most
 spread router (busiest 1.0-1.5x the mean) the buffers took 0.47-0.60 of the
 rows' time; with two of 8 experts taking every token (4x the mean) the rows
 took 1/1.33 and 1/1.86 of the buffers' time, and with one or two of 64
-experts taking every token (32-64x) 1/3.6 to 1/12.6."""
+experts taking every token (32-64x) 1/3.6 to 1/12.6. On JAX
+(`imbalance_cpu_jax.json`) the spread routers' buffers took 0.59-1.04 of the
+rows' time and the collapsed routers' rows 1/2.8 to 1/22.5 of the
+buffers'."""
 
 DISPATCH_MODES = ("auto", "dense", "sparse")
 
@@ -102,9 +105,10 @@ def dropless_engine(num_tokens):
         * `"buckets"` where the token count is static (JAX, eager
           TensorFlow, PyTorch): the bucketed-capacity ladder. On CPU,
           `ragged_dot` runs many times the plain matmul of the same FLOPs
-          (XLA expands it over every group) and the portable block kernel,
-          which copies one expert kernel per block, runs slower than the
-          buckets' batched einsum over the experts' own weights
+          (XLA expands it over every group) and the block kernels (a
+          batched matmul over one copied kernel per block; on JAX a loop
+          over the blocks) run slower than the buckets' batched einsum over
+          the experts' own weights while the router is balanced
           (`benchmarks/results/kernels_cpu_*.json`, the grouped rows).
         * `"exact"` where the token count is unknown at trace time
           (TensorFlow graphs over batches of any size, which run without
