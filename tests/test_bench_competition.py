@@ -117,8 +117,14 @@ def test_quick_grid_times_six_runs(tmp_path):
     assert _positive(grid["wall_s"]) and grid["epochs"] == 1
     assert len(grid["runs"]) == 6 and all(run["epochs_run"] == 1 for run in grid["runs"])
     assert all(0 <= run["test_accuracy"] <= 1 for run in grid["runs"])
+    assert grid["ensemble"]["members"] == 6 and 0 <= grid["ensemble"]["test_accuracy"] <= 1
     assert record["metrics"]["grid_wall_s"] == grid["wall_s"]
     assert "load" not in record and "epoch" not in record and "accuracy" not in record
+    # --table shows what a partial record holds and marks the rest.
+    shown = _run("--table", str(out))
+    assert f"{grid['wall_s']} s (1 epochs each)" in shown
+    assert shown.count("not run") == 4  # load, peak memory, epoch ratio, accuracy
+    assert f"grid ensemble (mean of 6) | {100 * grid['ensemble']['test_accuracy']:.2f}%" in shown
 
 
 def test_grid_refuses_a_folder_with_runs_in_it(tmp_path):

@@ -798,7 +798,13 @@ def test_mask_reaches_the_layer_from_an_embedding():
     assert float(np_(ops.sum(moe.expert_counts))) == 8 * 2  # 8 real tokens, k=2
 
 
-def test_mixed_precision_output_matches_float32():
+@pytest.mark.parametrize("rows_bound", [1e9, 1e-3], ids=["buffers", "sorted_rows"])
+def test_mixed_precision_output_matches_float32(monkeypatch, rows_bound):
+    from moe_keras.dispatch import strategy
+
+    # Both dropless engines: every call on buffers, or every call on the
+    # sorted rows and their grouped matmul.
+    monkeypatch.setattr(strategy, "ROWS_MIN_IMBALANCE", rows_bound)
     x = np.random.default_rng(1).normal(size=(4, 16, 8)).astype("float32")
     reference = MoEDense(8, num_experts=8, top_k=2, expert_hidden=16)
     reference.build(x.shape)

@@ -151,11 +151,10 @@ def scanned_blocks_matmul(blocks, kernels, block_experts):
     64, the loop takes 0.67 (n=8) and 0.57 (n=64) of its forward-and-backward
     time, medians of three passes (`benchmarks/results/kernels_cpu_jax.json`,
     the grouped rows), and its temporaries hold one block, not one kernel
-    per block. Here the
-    gradient is written out too: JAX would differentiate the loop's kernel
-    read into an `(n, d, u)` zero tensor per block, so the kernels'
-    gradient instead accumulates each block's `(d, u)` product into its
-    expert's slice in place.
+    per block. The gradient is written out too: JAX would differentiate
+    the loop's kernel read into an `(n, d, u)` zero tensor per block, so the
+    kernels' gradient instead accumulates each block's `(d, u)` product into
+    its expert's slice in place.
     """
     import jax
 
