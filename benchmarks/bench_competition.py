@@ -337,7 +337,7 @@ def table(record):
     else:
         rows.append((f"Held-out test accuracy, {accuracy['model']}, {accuracy['epochs_run']} epochs "
                      f"({'short run' if accuracy['short_run'] else 'the default recipe'}), "
-                     f"{accuracy['test_rows']:,} images", f"{100 * accuracy['test_accuracy']:.2f}%", published, ""))
+                     f"{accuracy['test_rows']:,} images", _percent(accuracy["test_accuracy"]), published, ""))
     grid = record.get("grid")
     rows.append(("Full grid wall time (6 models + ensemble)",
                  "not run" if grid is None else f"{grid['wall_s']} s ({grid['epochs']} epochs each)", "", ""))
