@@ -241,7 +241,7 @@ def test_block_grouped_matmul_gradients(product, sizes):
         start += size
 
     def loss(rows, kernels):
-        return ops.sum(dispatch.block_grouped_matmul(rows, kernels, sizes, 4, product) * upstream)
+        return ops.sum(ops.multiply(dispatch.block_grouped_matmul(rows, kernels, sizes, 4, product), upstream))
 
     got_rows, got_kernels = gradients(loss, rows, kernels)
     np.testing.assert_allclose(got_rows, expected_rows, rtol=1e-5, atol=1e-5)
