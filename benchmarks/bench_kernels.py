@@ -110,10 +110,9 @@ def grouped_rows(args):
             "plain_matmul": (lambda x, w: ops.matmul(x, w[0]), x),
             f"buckets_rung_{rung}": (lambda b, w: ops.einsum("etd,edh->eth", b, w), buffers),
         }
-        products = {"blocks": dispatch.batched_blocks_matmul}
-        if keras.backend.backend() == "jax":
-            products["scanned_blocks"] = dispatch.scanned_blocks_matmul
-        for prefix, product in products.items():
+        prefixes = {dispatch.batched_blocks_matmul: "blocks", dispatch.scanned_blocks_matmul: "scanned_blocks"}
+        for product in dispatch.block_products():
+            prefix = prefixes[product]
             for block in args.blocks:
                 kernels[f"{prefix}_{block}"] = (
                     lambda x, w, block=block, product=product: dispatch.block_grouped_matmul(

@@ -204,15 +204,7 @@ def empty_groups_problem():
     return rows, kernels, sizes, expected
 
 
-def block_products():
-    """The block products this backend can run (the scanned one is JAX's)."""
-    products = [dispatch.batched_blocks_matmul]
-    if keras.backend.backend() == "jax":
-        products.append(dispatch.scanned_blocks_matmul)
-    return products
-
-
-@pytest.mark.parametrize("product", block_products(), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("product", dispatch.block_products(), ids=lambda f: f.__name__)
 def test_block_grouped_matmul_with_empty_groups_and_trailing_rows(product):
     rows, kernels, sizes, expected = empty_groups_problem()
     for block in (1, 2, 4, 16):
@@ -221,7 +213,7 @@ def test_block_grouped_matmul_with_empty_groups_and_trailing_rows(product):
     np.testing.assert_allclose(np_(dispatch.grouped_matmul(rows, kernels, sizes)), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("product", block_products(), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("product", dispatch.block_products(), ids=lambda f: f.__name__)
 @pytest.mark.parametrize("sizes", [[3, 0, 6, 0], [0, 9, 0, 0]], ids=["empty_groups", "one_group_takes_all"])
 def test_block_grouped_matmul_gradients(product, sizes):
     # d/d rows and d/d kernels of sum(out * upstream), written out group by

@@ -24,6 +24,7 @@ from moe_keras.dispatch.grouped import RowPlan
 from moe_keras.dispatch.grouped import batched_blocks_matmul
 from moe_keras.dispatch.grouped import block_grouped_matmul
 from moe_keras.dispatch.grouped import block_layout
+from moe_keras.dispatch.grouped import block_products
 from moe_keras.dispatch.grouped import grouped_matmul
 from moe_keras.dispatch.grouped import permute
 from moe_keras.dispatch.grouped import row_plan
