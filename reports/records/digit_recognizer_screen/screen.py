@@ -58,7 +58,7 @@ def run(arm, seed, out):
     nll = float(-np.log(p[np.arange(len(y_val)), y_val] + 1e-12).mean())
     rec = dict(arm=arm, seed=seed, val_acc=acc, val_nll=nll, wall=wall, epochs=len(res.epoch_seconds),
                epoch_s=[round(s, 2) for s in res.epoch_seconds], errors=np.flatnonzero(p.argmax(1) != y_val).tolist())
-        with open(out, "a") as f:
+    with open(out, "a") as f:
         f.write(json.dumps(rec) + "\n")
     print(arm, seed, acc, round(wall, 1), flush=True)
 
