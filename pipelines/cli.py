@@ -97,10 +97,11 @@ def _add_train_arguments(parser):
     model.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
     model.add_argument("--conv-moe", type=_pair, metavar="K,N", help="make the second conv block an MoEConv2D MoE(K,N)")
     model.add_argument("--no-augment", action="store_true", help="no rotation/shift/zoom augmentation")
-    model.add_argument("--trunk", choices=("strided", "pool"), default="strided",
-                       help="how the cnn's conv blocks halve the resolution: a stride of 2 in "
-                            "their second conv (default), or a max-pool after two "
-                            "full-resolution convs (the trunk before December 2026)")
+    model.add_argument("--trunk", choices=("strided", "pool", "deep"), default="strided",
+                       help="the cnn's conv trunk: two blocks of two 3x3 convs, each halving the "
+                            "resolution by a stride of 2 in its second conv (strided, default) or "
+                            "by a max-pool after them (pool, the trunk before December 2026); or "
+                            "deep, the best Kaggle entry's 32C3-32C3-32C5s2, 64C3-64C3-64C5s2, 128C4")
     model.add_argument("--hidden-dropout", type=float, default=0.0, help="dropout on the feature block's hidden layer: the experts' (MoE expert dropout) or the dense baseline's")
     balance = parser.add_argument_group("routing and balancing")
     balance.add_argument("--balance-loss", type=float, default=0.01, help="Switch load-balancing loss coefficient (default 0.01)")

@@ -21,6 +21,7 @@ from pipelines.models import count_parameters
         (ModelConfig(arch="mlp", moe=(1, 3), hidden=32, shared=1), "mlp-moe1of3-h32-s1"),
         (ModelConfig(moe=(2, 5), conv_moe=(2, 4), augment=False), "cnn-moe2of5-h64-s0-conv2of4-noaug"),
         (ModelConfig(trunk="pool"), "cnn-moe3of5-h64-s0-pool"),
+        (ModelConfig(trunk="deep"), "cnn-moe3of5-h64-s0-deep"),
     ],
 )
 def test_run_names_spell_the_config(config, name):
@@ -71,6 +72,23 @@ def test_strided_trunk_halves_resolution_in_its_convs_not_by_pooling():
     assert pooled.get_layer("flatten").output.shape[-1] == 3136
     # The conv weights are the same; only the resolution they run at differs.
     assert count_parameters(pooled) == count_parameters(build_model(ModelConfig(trunk="strided", augment=False)))
+
+
+def test_deep_trunk_is_the_kaggle_entrys_and_hands_the_block_128_features():
+    model = build_model(ModelConfig(trunk="deep", conv_moe=(2, 4), augment=False))
+    convs = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, MoEConv2D))]
+    # 32C3-32C3-32C5s2, 64C3-64C3-64C5s2, 128C4: 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 -> 1.
+    assert [(layer.filters, layer.kernel_size, layer.strides) for layer in convs] == [
+        (32, (3, 3), (1, 1)), (32, (3, 3), (1, 1)), (32, (5, 5), (2, 2)),
+        (64, (3, 3), (1, 1)), (64, (3, 3), (1, 1)), (64, (5, 5), (2, 2)),
+        (128, (4, 4), (1, 1)),
+    ]
+    assert [tuple(layer.output.shape[1:3]) for layer in convs] == [
+        (26, 26), (24, 24), (12, 12), (10, 10), (8, 8), (4, 4), (1, 1)]
+    assert isinstance(model.get_layer("moe_conv2"), MoEConv2D)
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.4, 0.4, 0.25, 0.25]
+    assert model.get_layer("flatten").output.shape[-1] == 128
+    assert model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape == (2, 10)
 
 
 def test_dense_baseline_h192_matches_moe35_h64_active_size():

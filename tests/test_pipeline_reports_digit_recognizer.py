@@ -162,3 +162,28 @@ def test_recipe_screen_pairs_each_arm_with_base_by_seed(tmp_path):
     assert ("| `b128` | batch 128 | 0, 1 | 98.62 (98.25-99.00) | +0.38 [-1.21, +1.96] | 0.0550 "
             "| +0.0000 [-0.1271, +0.1271] | 1.15 |") in text
     assert "| `base` | batch 64 | 0, 1 | 98.25 (98.00-98.50) | - | 0.0550 | - | 1.30 |" in text
+
+
+def test_cv_screen_pairs_arms_by_fold_and_summarises_tta(tmp_path):
+    def run(arm, fold, accuracy, tta=None):
+        record = {"arm": arm, "fold": fold, "val_acc": accuracy, "val_nll": 0.05, "epoch_s": [3.0, 1.0, 1.0]}
+        if tta is not None:
+            record["val_acc_tta"] = tta
+        return record
+
+    record = {"config": {"arms": {"base": "default", "deep": "deep trunk"}}, "machine": MACHINE, "runs": [
+        # Fold 2 of deep is missing: it pairs on folds 0 and 1 only.
+        run("base", 0, 0.985), run("base", 1, 0.990, tta=0.991), run("base", 2, 0.970, tta=0.973),
+        run("deep", 0, 0.986), run("deep", 1, 0.987, tta=0.989),
+    ]}
+    path = tmp_path / blocks.CV_SCREEN_RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    text = blocks.cv_screen(Records(tmp_path))
+    # Gaps +0.1 and -0.3 pp: mean -0.1, sd 0.2828 -> half width 12.706 * 0.2 = 2.54.
+    assert "| `deep` | deep trunk | 0, 1 | 98.65 (98.60-98.70) | -0.10 [-2.64, +2.44] |" in text
+    assert "| `base` | default | 0, 1, 2 | 98.17 (97.00-99.00) | - |" in text
+    # TTA gains +0.1, +0.3, +0.2 pp over the 3 runs that have both: mean +0.2, sd 0.1,
+    # t(0.975, 2) = 4.303 -> half width 0.248.
+    assert "over the 3 runs that recorded both: +0.20 pp, 95% t interval [-0.05, +0.45]" in text
+    assert "No cross-validated screen" in blocks.cv_screen(Records(tmp_path / "empty"))
