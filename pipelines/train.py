@@ -277,13 +277,20 @@ def batches(x, y, batch_size, shuffle_seed=None):
     epoch and for every validation pass, and on a 2-core CPU the first step
     of some epochs stalled while it was built. With `shuffle_seed` the
     examples are reshuffled every epoch, from that seed.
+
+    tf.data's autotuning is off: tearing down each epoch's iterator waited
+    for its background thread, which held many epochs of a 2-core CPU up to
+    a second longer (`benchmarks/results/epoch_stall_cpu.json`). Batches of
+    in-memory arrays need no tuning; one batch is prefetched.
     """
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.batch(batch_size).prefetch(1).with_options(options)
 
 
 def compiled_model(model_config, train_config, steps_per_epoch):

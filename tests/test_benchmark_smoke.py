@@ -257,3 +257,17 @@ def test_branch_table_from_a_handmade_record():
 
     text = profile_branches(Stub())
     assert "| 8 | 2 | 1064 | 1152 | 1152, 1280 | default | 10.0 | 11.0 | 18.0 | 19.0 | 20.0 |" in text
+
+
+def test_input_pipeline_benchmark_quick_times_both_inputs(tmp_path):
+    bench = load_script("benchmarks/bench_input_pipeline.py")
+    out = tmp_path / "stall.json"
+    assert bench.main(["--quick", "--data", str(tmp_path / "data"), "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert {"command", "config", "seed", "versions", "machine", "timings"} <= set(record)
+    result = record["result"]
+    assert result["train_rows"] + result["validation_rows"] == 512
+    for key in ("autotune", "pipeline"):
+        assert len(result["epoch_s"][key]) == 2 and all(s > 0 for s in result["epoch_s"][key])
+        assert result["summary"][key]["median_s"] == result["epoch_s"][key][1]
+    assert "1 timed rounds after the first" in bench.table(record)

@@ -437,3 +437,19 @@ def test_deterministic_fit_turns_auto_xla_off_and_is_recorded(tmp_path):
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["train_config"]["deterministic"] is True
     assert record["train_config"]["jit_compile"] == "auto" and record["jit_compile"] is False
+
+
+def test_batches_turn_off_autotuning_and_reshuffle_every_epoch():
+    x = np.arange(10, dtype="float32")[:, None]
+    y = np.arange(10)
+    dataset = train.batches(x, y, 4, shuffle_seed=3)
+    # Autotuning made tearing down each epoch's iterator wait for its thread
+    # (benchmarks/results/epoch_stall_cpu.json).
+    assert dataset.options().autotune.enabled is False
+    epochs = [np.concatenate([batch_y.numpy() for _, batch_y in dataset]) for _ in range(2)]
+    for rows in epochs:
+        assert sorted(rows.tolist()) == list(range(10))
+    assert epochs[0].tolist() != epochs[1].tolist()
+    again = np.concatenate([b.numpy() for _, b in train.batches(x, y, 4, shuffle_seed=3)])
+    assert again.tolist() == epochs[0].tolist()
+    assert [len(b) for _, b in train.batches(x, y, 4)] == [4, 4, 2]
