@@ -16,7 +16,8 @@ Measures, and checks against the issue's targets:
   pipeline's epoch timer counts it) of the pipeline's MoE(3,5) h64 CNN
   against the plain Keras CNN with the same trunk and a Dense head
   (`ModelConfig(moe=None, hidden=64)`: stock Keras layers only), both
-  compiled as `pipelines.train.fit` compiles them, on the same 90/10 split.
+  compiled as `pipelines.train.fit` compiles them and fed as it feeds them
+  (`pipelines.train.batches`), on the same 90/10 split.
   The two models train in one process, one epoch each in turn (the order
   alternating every round), so both see the same load from whatever else
   runs on the machine; the first epoch (tracing, compiling) is not timed,
@@ -159,6 +160,7 @@ def measure_epochs(data_dir, timed_epochs, batch_size, seed):
     from pipelines.models import ModelConfig
     from pipelines.models import count_parameters
     from pipelines.train import TrainConfig
+    from pipelines.train import batches
 
     images, labels = data.read_train_csv(data_dir / "train.csv")
     x_train, y_train, x_val, y_val = data.train_validation_split(images, labels, 0.1, seed)
@@ -167,6 +169,9 @@ def measure_epochs(data_dir, timed_epochs, batch_size, seed):
     steps = -(-len(x_train) // batch_size)
     configs = {"moe": ModelConfig(**MOE_MODEL), "plain": ModelConfig(**PLAIN_MODEL)}
     models = {key: _compiled(config, train_config, steps) for key, config in configs.items()}
+    # The pipeline's own input (`pipelines.train.batches`), built once.
+    train_batches = batches(x_train, y_train, batch_size, shuffle_seed=seed)
+    validation_batches = batches(x_val, y_val, batch_size)
     if moe_layers(models["plain"]) or not moe_layers(models["moe"]):
         raise AssertionError("the plain CNN must have no MoE layer and the MoE CNN one")
 
@@ -185,7 +190,7 @@ def measure_epochs(data_dir, timed_epochs, batch_size, seed):
             # The routing statistics callback, as `fit` runs it (a no-op
             # without MoE layers), then the timer.
             models[key].fit(
-                x_train, y_train, validation_data=(x_val, y_val), batch_size=batch_size,
+                train_batches, validation_data=validation_batches, shuffle=False,
                 initial_epoch=epoch, epochs=epoch + 1, callbacks=[ExpertUsage(), timer], verbose=0,
             )
             seconds[key].append(timer.seconds)

@@ -97,23 +97,10 @@ def measure(data_dir, rounds, rows=None, seed=0):
 
 
 def table(record):
-    from pipelines.records import markdown_table
+    """The Markdown table of a record (README's `input-pipeline` block)."""
+    from pipelines.reports.digit_recognizer import input_pipeline_table
 
-    result = record["result"]
-    rows = []
-    for key, label in (("autotune", "`prefetch(AUTOTUNE)`, tf.data defaults (before)"),
-                       ("pipeline", "`train.batches`: autotuning off, prefetch 1 (now)")):
-        s = result["summary"][key]
-        rows.append([label, f"{s['median_s']:.2f} ({s['min_s']:.2f}-{s['max_s']:.2f})",
-                     f"{s['stalled_epochs']} of {result['rounds'] - 1}", f"{s['total_s']:.1f}"])
-    machine = record["machine"]
-    return (markdown_table(["input", "epoch s, median (range)", "epochs over 1.5x the new median",
-                            "all timed epochs s"], rows)
-            + f"\n\n{result['model']}, {result['train_rows']:,} training and {result['validation_rows']:,} "
-            f"validation rows, batch {result['batch_size']}; one model, one epoch from each input in turn, "
-            f"{result['rounds'] - 1} timed rounds after the first; {machine['processor']}, "
-            f"{machine['cpu_count']} cores, {machine['accelerator'] or 'no accelerator'}. "
-            f"Record `benchmarks/results/epoch_stall_cpu.json`.")
+    return input_pipeline_table(record)
 
 
 def main(argv=None):

@@ -39,9 +39,10 @@ from pipelines.reports.study_scale import t_interval
 SPEED_RECORD = "benchmarks/results/default_run_cpu.json"
 CV_SCREEN_RECORD = "reports/records/digit_recognizer_screen/cv_screen.json"
 SCREEN_RECORD = "reports/records/digit_recognizer_screen/screen.json"
-# The default's runs, then those of earlier defaults: batch 64 at 2e-3 on the
-# strided trunk, and the max-pool trunk before that.
-DEFAULT_FOLDERS = ("default", "default-b64", "default-pool")
+# The default's runs, then those of earlier defaults: the same recipe fed
+# with tf.data autotuning on, batch 64 at 2e-3 on the strided trunk, and the
+# max-pool trunk before that.
+DEFAULT_FOLDERS = ("default", "default-autotune", "default-b64", "default-pool")
 RUNS = "reports/records/digit_recognizer"
 # The issue's targets.
 SPEED_TARGET = 0.5  # training time over c619839's, at most
@@ -128,6 +129,35 @@ def default_run_speed(records: Records) -> str:
         f"{_met(whole['max'] < WHOLE_COMMAND_TARGET_S)}).",
     ]
     return "\n".join(lines)
+
+
+# The input pipeline's epoch stall ----------------------------------------------
+
+STALL_RECORD = "benchmarks/results/epoch_stall_cpu.json"
+
+
+def input_pipeline_table(record: dict) -> str:
+    """`benchmarks/bench_input_pipeline.py`'s record as a table."""
+    result = record["result"]
+    rows = []
+    for key, label in (("autotune", "`prefetch(AUTOTUNE)`, tf.data defaults (before)"),
+                       ("pipeline", "`train.batches`: autotuning off, prefetch 1 (now)")):
+        s = result["summary"][key]
+        rows.append([label, f"{s['median_s']:.2f} ({s['min_s']:.2f}-{s['max_s']:.2f})",
+                     f"{s['stalled_epochs']} of {result['rounds'] - 1}", f"{s['total_s']:.1f}"])
+    table = markdown_table(["input", "epoch s, median (range)", "epochs over 1.5x the new median",
+                            "all timed epochs s"], rows)
+    return (f"{table}\n\n{result['model']}, {result['train_rows']:,} training and "
+            f"{result['validation_rows']:,} validation rows, batch {result['batch_size']}; one model, one epoch "
+            f"from each input in turn, {result['rounds'] - 1} timed rounds after the first; {_machine(record)}. "
+            f"Record `{STALL_RECORD}`.")
+
+
+@report_block("README.md", "input-pipeline")
+def input_pipeline(records: Records) -> str:
+    if not records.glob(STALL_RECORD):
+        return f"Not measured yet (`{STALL_RECORD}` is not committed)."
+    return input_pipeline_table(records.json(STALL_RECORD))
 
 
 # The recipe screen (validation only) --------------------------------------------
