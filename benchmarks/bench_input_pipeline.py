@@ -71,7 +71,7 @@ def measure(data_dir, rounds, rows=None, seed=0):
         for key in order if round_ % 2 == 0 else order[::-1]:
             train, validation = inputs[key]
             start = time.perf_counter()
-            model.fit(train, validation_data=validation, epochs=1, verbose=0)
+            model.fit(train, validation_data=validation, epochs=1, shuffle=False, verbose=0)
             seconds[key].append(round(time.perf_counter() - start, 3))
     timed = {key: values[1:] for key, values in seconds.items()}
     threshold = STALL_FACTOR * statistics.median(timed["pipeline"])
