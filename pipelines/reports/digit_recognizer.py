@@ -170,9 +170,10 @@ def _paired_cell(values, base, scale=1.0, digits=2) -> str:
     return f"{round(mean, digits) + 0.0:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def _screen_rows(run: dict, unit: str) -> list[list[str]]:
-    """One row per arm of a screen record: each arm's validation accuracy
-    and loss against the `base` arm's, paired by `unit` ("seed" or "fold")."""
+def _screen_table(run: dict, unit: str) -> str:
+    """The table of a screen record, one row per arm: each arm's validation
+    accuracy and loss against the `base` arm's, paired by `unit` ("seed" or
+    "fold")."""
     by_arm: dict[str, dict[int, dict]] = {}
     for r in run["runs"]:
         by_arm.setdefault(r["arm"], {})[r[unit]] = r
@@ -190,11 +191,8 @@ def _screen_rows(run: dict, unit: str) -> list[list[str]]:
             "-" if arm == "base" else _paired_cell(loss, [base[u]["val_nll"] for u in units], digits=4),
             f"{statistics.median(statistics.median(by_unit[u]['epoch_s'][1:]) for u in units):.2f}",
         ])
-    return rows
-
-
-_SCREEN_HEADER = ["arm", "recipe", "{units}", "validation % mean (range)", "minus base, pp [95% t]",
-                  "validation loss mean", "minus base [95% t]", "epoch s (median)"]
+    return markdown_table(["arm", "recipe", f"{unit}s", "validation % mean (range)", "minus base, pp [95% t]",
+                           "validation loss mean", "minus base [95% t]", "epoch s (median)"], rows)
 
 
 @report_block("reports/digit_recognizer_grid.md", "recipe-screen")
@@ -202,8 +200,7 @@ def recipe_screen(records: Records) -> str:
     if not records.glob(SCREEN_RECORD):
         return f"No screen is recorded yet (`{SCREEN_RECORD}`)."
     run = records.json(SCREEN_RECORD)
-    header = [h.format(units="seeds") for h in _SCREEN_HEADER]
-    table = markdown_table(header, _screen_rows(run, "seed"))
+    table = _screen_table(run, "seed")
     return (f"{table}\n\nMoE(3,5) h64, 32 epochs; each seed's own 400-image validation split; "
             f"the loss is the mean negative log-likelihood (label smoothing raises it by construction). "
             f"Epoch s: the median over seeds of each run's median epoch after the first; {_machine(run)}. "
@@ -215,8 +212,7 @@ def cv_screen(records: Records) -> str:
     if not records.glob(CV_SCREEN_RECORD):
         return f"No cross-validated screen is recorded yet (`{CV_SCREEN_RECORD}`)."
     run = records.json(CV_SCREEN_RECORD)
-    header = [h.format(units="folds") for h in _SCREEN_HEADER]
-    table = markdown_table(header, _screen_rows(run, "fold"))
+    table = _screen_table(run, "fold")
     tta = [100 * (r["val_acc_tta"] - r["val_acc"]) for r in run["runs"] if "val_acc_tta" in r]
     mean, low, high = t_interval(tta)
     return (f"{table}\n\nMoE(3,5) h64; fold f of a stratified 4-fold split of the 4,000 training digits "
