@@ -29,7 +29,14 @@ ARMS = {
     "pool40b64": (dict(trunk="pool"), dict(epochs=40, batch_size=64, learning_rate=2e-3)),
     "pool": (dict(trunk="pool"), dict()),
     "epochs48": (dict(), dict(epochs=48)),
+    # Train, label the fold's images the model gives at least 0.99, train a
+    # fresh model on both (the pipeline's `--pseudo-label`, with the fold in
+    # the role of test.csv).
+    "pseudo": (dict(), dict(pseudo_label=0.99)),
+    # Decoupled weight decay (Keras's optimizers take `weight_decay`).
+    "wd05": (dict(), dict()),
 }
+OPTIMIZER_OPTIONS = {"wd05": dict(weight_decay=0.05)}
 
 
 def run(arm, fold, out):
@@ -39,9 +46,24 @@ def run(arm, fold, out):
     train_rows, val_rows = list(splits)[fold]
     model_config = ModelConfig(**model_options)
     train_config = TrainConfig(seed=fold, verbose=0, **train_options)
+    if arm in OPTIMIZER_OPTIONS:
+        adam = keras.optimizers.Adam
+        keras.optimizers.Adam = lambda *a, **k: adam(*a, **k, **OPTIMIZER_OPTIONS[arm])
+    x_train, y_train = images[train_rows], labels[train_rows]
     start = time.perf_counter()
-    result = train.fit(model_config, train_config, images[train_rows], labels[train_rows],
+    result = train.fit(model_config, train_config, x_train, y_train,
                        images[val_rows], labels[val_rows])
+    pseudo_images = None
+    if train_config.pseudo_label is not None:
+        first = result.model.predict(images[val_rows], batch_size=512, verbose=0)
+        index, guessed = ensemble.pseudo_labels(first, train_config.pseudo_label)
+        pseudo_images = dict(count=int(len(index)),
+                             wrong=int((guessed != labels[val_rows][index]).sum()),
+                             first_val_acc=float((first.argmax(1) == labels[val_rows]).mean()))
+        result = train.fit(model_config, train_config,
+                           np.concatenate([x_train, images[val_rows][index]]),
+                           np.concatenate([y_train, guessed]).astype(y_train.dtype),
+                           images[val_rows], labels[val_rows])
     wall = time.perf_counter() - start
     views = ensemble.predict_views(
         lambda x: result.model.predict(x, batch_size=512, verbose=0), images[val_rows])
@@ -57,6 +79,10 @@ def run(arm, fold, out):
         errors=val_rows[probs.argmax(1) != y_val].tolist(),
         keras=keras.__version__, machine=platform.machine(),
     )
+    if pseudo_images is not None:
+        record["pseudo_images"] = pseudo_images
+    if arm in OPTIMIZER_OPTIONS:
+        record["optimizer_options"] = OPTIMIZER_OPTIONS[arm]
     with open(out, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(arm, fold, record["val_acc"], record["wall_s"], flush=True)
