@@ -21,6 +21,7 @@ Two tables, one backend per run (`KERAS_BACKEND`):
     KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_tf.json
     KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_tf.json
     KERAS_BACKEND=jax python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_jax.json
+    KERAS_BACKEND=torch python benchmarks/bench_kernels.py --imbalance --predict --json benchmarks/results/imbalance_cpu_torch.json
 """
 
 import argparse
@@ -45,6 +46,7 @@ def parse_args(argv=None):
                         help="n/k pairs for the dispatch table")
     parser.add_argument("--imbalance", action="store_true", help="only the imbalance table")
     parser.add_argument("--tokens", default="1024,4096", help="tokens per step of the imbalance table")
+    parser.add_argument("--predict", action="store_true", help="the imbalance table also times predict calls")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -203,14 +205,23 @@ def imbalance_rows(args):
                 choices = np.asarray(models["auto"].layers[-1].expert_choices(x)).ravel()
                 busiest = np.bincount(choices, minlength=n).max() / (tokens * k / n)
                 times = {engine: [] for engine in models}
+                predict_times = {engine: [] for engine in models}
                 for _ in range(args.repeats):
                     for engine, model in models.items():
                         times[engine].append(timed_ms(lambda: [model.train_on_batch(x, x)], args.steps))
+                        if args.predict:
+                            predict_times[engine].append(
+                                timed_ms(lambda: [model.predict_on_batch(x)], args.steps))
                 for engine, passes in times.items():
-                    rows.append({"table": "imbalance", "tokens": tokens, "n": n, "k": k, "router": router,
-                                 "busiest_over_mean": float(busiest), "engine": engine, "train_ms": passes})
+                    row = {"table": "imbalance", "tokens": tokens, "n": n, "k": k, "router": router,
+                           "busiest_over_mean": float(busiest), "engine": engine, "train_ms": passes}
+                    if args.predict:
+                        row["predict_ms"] = predict_times[engine]
+                    rows.append(row)
                 print(f"imbalance T={tokens} n={n} k={k} {router:9s} busiest/mean={busiest:5.1f} "
-                      + " ".join(f"{e} {statistics.median(v):7.1f}" for e, v in times.items()), flush=True)
+                      + " ".join(f"{e} {statistics.median(v):7.1f}" for e, v in times.items())
+                      + ("  predict " + " ".join(f"{e} {statistics.median(v):7.1f}" for e, v in predict_times.items())
+                         if args.predict else ""), flush=True)
     return rows
 
 

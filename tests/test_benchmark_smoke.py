@@ -191,10 +191,11 @@ def test_imbalance_benchmark_quick_collapses_the_router_and_restores_the_bound(t
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bound = strategy.ROWS_MIN_IMBALANCE
-    record = bench.main(["--quick", "--imbalance", "--json", str(tmp_path / "imbalance.json")])
+    record = bench.main(["--quick", "--imbalance", "--predict", "--json", str(tmp_path / "imbalance.json")])
     assert strategy.ROWS_MIN_IMBALANCE == bound
     rows = json.loads((tmp_path / "imbalance.json").read_text())["rows"]
     assert {r["engine"] for r in rows} == {"dense", "buffers", "rows", "auto"}
+    assert all(len(r["predict_ms"]) == len(r["train_ms"]) == 1 and r["predict_ms"][0] > 0 for r in rows)
     busiest = {r["router"]: r["busiest_over_mean"] for r in rows}
     # n=4, k=1: the collapsed router sends every token to expert 0.
     assert busiest["collapsed"] == 4.0

@@ -193,15 +193,37 @@ def test_engine_gradients_equal_dense_dispatch_gradients(engine, case):
     assert np.abs(ours[1]).sum() > 0
 
 
-def empty_groups_problem():
+def empty_groups_problem(features=3, units=2):
     """Rows, kernels and group sizes with empty groups and rows past every
     group, and the grouped product they should give."""
     rng = np.random.default_rng(5)
-    rows = rng.normal(size=(11, 3)).astype("float32")
-    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
+    rows = rng.normal(size=(11, features)).astype("float32")
+    kernels = rng.normal(size=(4, features, units)).astype("float32")
     sizes = np.array([3, 0, 6, 0], "int32")  # rows 9 and 10 belong to no group
-    expected = np.concatenate([rows[:3] @ kernels[0], rows[3:9] @ kernels[2], np.zeros((2, 2))])
+    expected = np.concatenate([rows[:3] @ kernels[0], rows[3:9] @ kernels[2], np.zeros((2, units))])
     return rows, kernels, sizes, expected
+
+
+def grouped_gradients_problem(sizes, features=3, units=2):
+    """Rows, kernels, an upstream gradient and the gradients of
+    `sum(grouped_matmul(rows, kernels, sizes) * upstream)`, written out group
+    by group: rows past the groups get no gradient."""
+    rng = np.random.default_rng(6)
+    rows = rng.normal(size=(11, features)).astype("float32")
+    kernels = rng.normal(size=(4, features, units)).astype("float32")
+    upstream = rng.normal(size=(11, units)).astype("float32")
+    expected_rows = np.zeros_like(rows)
+    expected_kernels = np.zeros_like(kernels)
+    start = 0
+    for expert, size in enumerate(sizes):
+        part = slice(start, start + size)
+        expected_rows[part] = upstream[part] @ kernels[expert].T
+        expected_kernels[expert] = rows[part].T @ upstream[part]
+        start += size
+    return rows, kernels, upstream, expected_rows, expected_kernels
+
+
+GROUP_SIZES = {"empty_groups": [3, 0, 6, 0], "one_group_takes_all": [0, 9, 0, 0]}
 
 
 @pytest.mark.parametrize("product", dispatch.block_products(), ids=lambda f: f.__name__)
@@ -214,23 +236,10 @@ def test_block_grouped_matmul_with_empty_groups_and_trailing_rows(product):
 
 
 @pytest.mark.parametrize("product", dispatch.block_products(), ids=lambda f: f.__name__)
-@pytest.mark.parametrize("sizes", [[3, 0, 6, 0], [0, 9, 0, 0]], ids=["empty_groups", "one_group_takes_all"])
+@pytest.mark.parametrize("sizes", GROUP_SIZES.values(), ids=GROUP_SIZES.keys())
 def test_block_grouped_matmul_gradients(product, sizes):
-    # d/d rows and d/d kernels of sum(out * upstream), written out group by
-    # group: rows past the groups get no gradient.
-    rng = np.random.default_rng(6)
-    rows = rng.normal(size=(11, 3)).astype("float32")
-    kernels = rng.normal(size=(4, 3, 2)).astype("float32")
-    upstream = rng.normal(size=(11, 2)).astype("float32")
     sizes = np.array(sizes, "int32")
-    expected_rows = np.zeros_like(rows)
-    expected_kernels = np.zeros_like(kernels)
-    start = 0
-    for expert, size in enumerate(sizes):
-        part = slice(start, start + size)
-        expected_rows[part] = upstream[part] @ kernels[expert].T
-        expected_kernels[expert] = rows[part].T @ upstream[part]
-        start += size
+    rows, kernels, upstream, expected_rows, expected_kernels = grouped_gradients_problem(sizes)
 
     def loss(rows, kernels):
         return ops.sum(ops.multiply(dispatch.block_grouped_matmul(rows, kernels, sizes, 4, product), upstream))
@@ -336,6 +345,69 @@ def test_training_through_sorted_rows_equals_training_through_buffers(monkeypatc
     buffers = _adam_trained_weights(monkeypatch, 1e9)  # every call on buffers
     for got, expected in zip(rows, buffers):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def torch_grouped_mm():
+    """`torch._grouped_mm`, where the installed torch runs it on the CPU."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch._grouped_mm is PyTorch's")
+    from moe_keras.dispatch import grouped
+
+    if not grouped.torch_grouped_mm_available():
+        pytest.skip("this torch has no torch._grouped_mm that runs here")
+    return grouped
+
+
+def test_torch_grouped_mm_with_empty_groups_and_trailing_rows(torch_grouped_mm):
+    # Widths of 4 and 8 float32s: the kernel needs 16-byte aligned rows.
+    rows, kernels, sizes, expected = empty_groups_problem(features=4, units=8)
+    assert torch_grouped_mm.torch_grouped_mm_runs(rows, kernels)
+    got = np_(torch_grouped_mm.torch_grouped_matmul(rows, kernels, sizes))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Rows of 3 float32s are not aligned: grouped_matmul takes the blocks.
+    rows, kernels, sizes, expected = empty_groups_problem()
+    assert not torch_grouped_mm.torch_grouped_mm_runs(rows, kernels)
+    np.testing.assert_allclose(np_(dispatch.grouped_matmul(rows, kernels, sizes)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_grouped_mm_probe_runs_under_no_grad(torch_grouped_mm, monkeypatch):
+    # Keras predicts under torch.no_grad(); a probe that needs a backward
+    # pass must still find the kernel there, in every dtype it supports.
+    import torch
+
+    monkeypatch.setattr(torch_grouped_mm, "_TORCH_GROUPED_MM_RUNS", {})
+    rows, kernels, sizes, expected = empty_groups_problem(features=8, units=8)
+    with torch.no_grad():
+        assert torch_grouped_mm.torch_grouped_mm_runs(rows, kernels)
+        got = np_(torch_grouped_mm.torch_grouped_matmul(rows, kernels, sizes))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", GROUP_SIZES.values(), ids=GROUP_SIZES.keys())
+def test_torch_grouped_mm_gradients(torch_grouped_mm, sizes):
+    sizes = np.array(sizes, "int32")
+    rows, kernels, upstream, expected_rows, expected_kernels = grouped_gradients_problem(sizes, 4, 8)
+
+    def loss(rows, kernels):
+        return ops.sum(ops.multiply(torch_grouped_mm.torch_grouped_matmul(rows, kernels, sizes), upstream))
+
+    def plain_sum(rows, kernels):
+        # A plain sum hands back a gradient of zero strides, which the
+        # kernel's own backward refuses.
+        return ops.sum(torch_grouped_mm.torch_grouped_matmul(rows, kernels, sizes))
+
+    got_rows, got_kernels = gradients(loss, rows, kernels)
+    np.testing.assert_allclose(got_rows, expected_rows, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_kernels, expected_kernels, rtol=1e-5, atol=1e-5)
+    # Its gradient is `upstream` of ones: each row's is its kernel's row sums.
+    got_rows, _ = gradients(plain_sum, rows, kernels)
+    ones_rows = np.zeros_like(rows)
+    start = 0
+    for expert, size in enumerate(sizes):
+        ones_rows[start:start + size] = kernels[expert].sum(axis=1)
+        start += size
+    np.testing.assert_allclose(got_rows, ones_rows, rtol=1e-5, atol=1e-5)
 
 
 def test_ragged_dot_with_empty_groups_and_trailing_rows(accelerator_path):

@@ -127,6 +127,26 @@ def test_benchmark_table_quotes_every_pass():
     ])
 
 
+def test_imbalance_table_adds_predict_columns_when_the_record_has_them():
+    def row(engine, train, predict=None):
+        r = {"table": "imbalance", "tokens": 1024, "n": 8, "k": 2, "router": "spread",
+             "busiest_over_mean": 1.25, "engine": engine, "train_ms": train}
+        if predict is not None:
+            r["predict_ms"] = predict
+        return r
+
+    engines = {"dense": [90.0, 110.0], "buffers": [40.0, 60.0], "rows": [80.0, 60.0], "auto": [41.0, 59.0]}
+    plain = reports.imbalance_table({"rows": [row(e, t) for e, t in engines.items()]})
+    assert "predict" not in plain
+    # Buffers over rows pass by pass: 40/80 and 60/60, median 0.75.
+    assert "| 1024 | 8 | 2 | spread | 1.2 | 100 (90-110) | 50 (40-60) | 70 (60-80) | 50 (41-59) | 0.75 (0.50-1.00) |" in plain
+    predicts = {"dense": [9.0], "buffers": [10.0, 30.0], "rows": [40.0, 20.0], "auto": [10.0, 30.0]}
+    table = reports.imbalance_table({"rows": [row(e, engines[e], predicts[e]) for e in engines]})
+    assert "predict: buffers over rows" in table.splitlines()[0]
+    # Predict: buffers 20 (10-30), rows 30 (20-40), ratios 10/40 and 30/20: median 0.875.
+    assert table.splitlines()[2].endswith("| 0.75 (0.50-1.00) | 20 (10-30) | 30 (20-40) | 0.88 (0.25-1.50) |")
+
+
 def test_targets_table_counts_every_run(tmp_path, monkeypatch):
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)

@@ -6,11 +6,14 @@ The `T * k` token choices are laid out as rows sorted by expert
 (`unpermute`). Both moves are gathers with gather gradients
 (`gather.gather_rows`), as in MaxText.
 
-`grouped_matmul` has one signature and two kernels:
+`grouped_matmul` has one signature and three kernels:
 
 * JAX on a GPU or TPU: `jax.lax.ragged_dot`, a grouped GEMM whose
   gradient is one too. (On CPU XLA expands it to a dense product over all
   groups.)
+* PyTorch where the installed torch runs `torch._grouped_mm` on the
+  operands' device and dtype (`torch_grouped_mm_runs`): its grouped GEMM,
+  whose gradient is one too.
 * Everywhere else: MegaBlocks-style blocks (`block_grouped_matmul`). Each
   expert's rows are padded to a multiple of `block_size`, so the total is
   at most `R + n * (block_size - 1)` rows, a static bound (`block_layout`);
@@ -34,6 +37,9 @@ BLOCK_SIZE = 64
 
 ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
 """JAX platforms whose `ragged_dot` is a real grouped GEMM."""
+
+_TORCH_GROUPED_MM_RUNS = {}
+"""`(device type, dtype)` -> whether `torch._grouped_mm` ran a probe there."""
 
 
 class RowPlan(NamedTuple):
@@ -227,6 +233,79 @@ def block_grouped_matmul(rows, kernels, group_sizes, block_size=BLOCK_SIZE, bloc
     return gather_rows(outputs, row_slot, source[:, None])
 
 
+def _probe_torch_grouped_mm(device, dtype):
+    """Whether `torch._grouped_mm` runs, forward and backward, on `device`
+    in `dtype`: it exists from torch 2.8, and which devices and dtypes it
+    supports differs between versions (early ones: bf16 on Hopper GPUs)."""
+    import torch
+
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        # Callers may be inside `torch.no_grad()` (Keras's predict).
+        with torch.enable_grad():
+            rows = torch.ones((4, 8), device=device, dtype=dtype, requires_grad=True)
+            kernels = torch.ones((2, 8, 8), device=device, dtype=dtype, requires_grad=True)
+            offsets = torch.tensor([1, 4], device=device, dtype=torch.int32)
+            torch._grouped_mm(rows, kernels, offs=offsets).backward(torch.ones((4, 8), device=device, dtype=dtype))
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    return True
+
+
+def torch_grouped_mm_runs(rows, kernels):
+    """Whether `torch_grouped_matmul` can take these operands: one dtype,
+    rows and kernel rows 16-byte aligned (the kernel's requirement), and a
+    device and dtype where a probe call ran (cached; never probed while
+    `torch.compile` traces)."""
+    import torch
+
+    rows, kernels = ops.convert_to_tensor(rows), ops.convert_to_tensor(kernels)
+    if rows.dtype != kernels.dtype:
+        return False
+    width = rows.element_size()
+    if (rows.shape[-1] * width) % 16 or (kernels.shape[-1] * width) % 16:
+        return False
+    key = (rows.device.type, rows.dtype)
+    if key not in _TORCH_GROUPED_MM_RUNS:
+        if torch.compiler.is_compiling():
+            return False
+        _TORCH_GROUPED_MM_RUNS[key] = _probe_torch_grouped_mm(rows.device, rows.dtype)
+    return _TORCH_GROUPED_MM_RUNS[key]
+
+
+def torch_grouped_matmul(rows, kernels, group_sizes):
+    """`grouped_matmul` through `torch._grouped_mm` (see
+    `torch_grouped_mm_runs` for when it applies)."""
+    import torch
+
+    rows, kernels, group_sizes = (ops.convert_to_tensor(x) for x in (rows, kernels, group_sizes))
+    num_rows = rows.shape[0]
+    ends = torch.cumsum(group_sizes, 0, dtype=torch.int32)
+    # The kernel leaves rows past the last offset unwritten: they go to the
+    # last group instead and are zeroed after, which also keeps them out of
+    # that group's kernel gradient.
+    offsets = torch.cat([ends[:-1], torch.full_like(ends[-1:], num_rows)])
+    outputs = torch._grouped_mm(rows.contiguous(), kernels.contiguous(), offs=offsets)
+    if outputs.requires_grad:
+        # Its backward refuses gradients with zero strides (as a sum's).
+        outputs.register_hook(lambda grad: grad.contiguous())
+    valid = torch.arange(num_rows, device=rows.device) < ends[-1]
+    return outputs * valid[:, None].to(outputs.dtype)
+
+
+def torch_grouped_mm_available():
+    """Whether `torch._grouped_mm` runs in float32 on the device Keras's
+    PyTorch backend puts tensors on (the dropless engine's choice)."""
+    import torch
+
+    device = ops.convert_to_tensor(0.0).device
+    key = (device.type, torch.float32)
+    if key not in _TORCH_GROUPED_MM_RUNS:
+        _TORCH_GROUPED_MM_RUNS[key] = _probe_torch_grouped_mm(device, torch.float32)
+    return _TORCH_GROUPED_MM_RUNS[key]
+
+
 def grouped_matmul(rows, kernels, group_sizes):
     """`out[r] = rows[r] @ kernels[g(r)]` for rows sorted by group `g`.
 
@@ -247,6 +326,8 @@ def grouped_matmul(rows, kernels, group_sizes):
             # primitives no longer convert implicitly.
             rows, kernels, group_sizes = (ops.convert_to_tensor(x) for x in (rows, kernels, group_sizes))
             return jax.lax.ragged_dot(rows, kernels, group_sizes)
+    if keras.backend.backend() == "torch" and torch_grouped_mm_runs(rows, kernels):
+        return torch_grouped_matmul(rows, kernels, group_sizes)
     return block_grouped_matmul(rows, kernels, group_sizes)
 
 

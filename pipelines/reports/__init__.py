@@ -220,7 +220,7 @@ BENCH_FILES = {
     "tensorflow": ("cpu_tf_dense.json", "cpu_tf.json"),
     "jax": ("cpu_jax_dense.json",),
 }
-BACKEND_NAMES = {"tensorflow": "TensorFlow (XLA)", "jax": "JAX"}
+BACKEND_NAMES = {"tensorflow": "TensorFlow (XLA)", "jax": "JAX", "torch": "PyTorch"}
 TARGETS = {"vs_n8": 1.3, "vs_base": 1.5}
 
 
@@ -874,21 +874,32 @@ def kernels(records: Records) -> str:
     return "\n\n".join(parts)
 
 
-IMBALANCE_FILES = {"tensorflow": "imbalance_cpu_tf.json", "jax": "imbalance_cpu_jax.json"}
+IMBALANCE_FILES = {"tensorflow": "imbalance_cpu_tf.json", "jax": "imbalance_cpu_jax.json",
+                   "torch": "imbalance_cpu_torch.json"}
 
 
 def imbalance_table(run: dict) -> str:
+    """One row per case: each engine's train step, and, where the record
+    timed them (`--predict`), the buffers' and sorted rows' predict calls."""
     rows = [r for r in run["rows"] if r["table"] == "imbalance"]
+    predicts = all("predict_ms" in r for r in rows)
     cases = list(dict.fromkeys((r["tokens"], r["n"], r["k"], r["router"]) for r in rows))
     table = []
     for case in cases:
         by_engine = {r["engine"]: r for r in rows if (r["tokens"], r["n"], r["k"], r["router"]) == case}
         buffers, sorted_rows = by_engine["buffers"], by_engine["rows"]
-        table.append([*case, _f(buffers["busiest_over_mean"], 1),
-                      *(_spread(by_engine[e]["train_ms"], 0) for e in ("dense", "buffers", "rows", "auto")),
-                      _spread(_pass_ratios(buffers, sorted_rows, "train_ms"))])
-    return markdown_table(["tokens", "n", "k", "router", "busiest / mean load", "dense ms", "buffers ms",
-                           "sorted rows ms", "automatic ms", "buffers over rows"], table)
+        line = [*case, _f(buffers["busiest_over_mean"], 1),
+                *(_spread(by_engine[e]["train_ms"], 0) for e in ("dense", "buffers", "rows", "auto")),
+                _spread(_pass_ratios(buffers, sorted_rows, "train_ms"))]
+        if predicts:
+            line += [_spread(buffers["predict_ms"], 0), _spread(sorted_rows["predict_ms"], 0),
+                     _spread(_pass_ratios(buffers, sorted_rows, "predict_ms"))]
+        table.append(line)
+    header = ["tokens", "n", "k", "router", "busiest / mean load", "dense ms", "buffers ms",
+              "sorted rows ms", "automatic ms", "buffers over rows"]
+    if predicts:
+        header += ["predict: buffers ms", "predict: sorted rows ms", "predict: buffers over rows"]
+    return markdown_table(header, table)
 
 
 @report_block("benchmarks/README.md", "imbalance")
