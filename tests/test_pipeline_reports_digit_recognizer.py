@@ -187,3 +187,19 @@ def test_cv_screen_pairs_arms_by_fold_and_summarises_tta(tmp_path):
     # t(0.975, 2) = 4.303 -> half width 0.248.
     assert "over the 3 runs that recorded both: +0.20 pp, 95% t interval [-0.05, +0.45]" in text
     assert "No cross-validated screen" in blocks.cv_screen(Records(tmp_path / "empty"))
+
+
+def test_competition_grid_epochs_pairs_models_and_counts_slow_epochs(tmp_path):
+    def run(folder, hidden, wall, epochs, accuracy=0.9):
+        record = {"model_config": {"moe": None, "hidden": hidden, "arch": "cnn", "trunk": "strided"}, "wall_time_s": wall,
+                  "timings": {"epoch_s": epochs}, "test_accuracy": accuracy, "machine": MACHINE}
+        path = tmp_path / blocks.COMPETITION_GRID_RUNS / folder / f"cnn-dense-h{hidden}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    assert "Not recorded yet" in blocks.competition_grid_epochs(Records(tmp_path))
+    # Before: 10, 20, 16 s; slow means over 1.5 x 10 = 15 s: two of three.
+    run("grid-autotune", 64, 60.0, [10.0, 20.0, 16.0])
+    run("grid", 64, 30.0, [10.0, 11.0, 14.0])
+    text = blocks.competition_grid_epochs(Records(tmp_path))
+    assert "| dense h64 | 60 | 16.0 (10.0-20.0) | 2 of 3 | 30 | 11.0 (10.0-14.0) | 0 of 3 | 0.50 | 90.00 / 90.00 |" in text

@@ -160,6 +160,52 @@ def input_pipeline(records: Records) -> str:
     return input_pipeline_table(records.json(STALL_RECORD))
 
 
+COMPETITION_GRID_RUNS = "reports/records/competition_grid"
+# Each competition-size grid's run records: with tf.data's autotuning on
+# (before), and off (now).
+COMPETITION_GRIDS = (("grid-autotune", "autotuning on (before)"), ("grid", "autotuning off (now)"))
+
+
+def competition_grid_epochs_table(grids: dict[str, list[dict]]) -> str:
+    """Each grid model's training time and epochs, before and after the
+    input pipeline's fix; `grids` maps a folder of `COMPETITION_GRIDS` to its
+    run records. A slow epoch takes over 1.5x the run's fastest."""
+    before, after = ({_model(r): r for r in grids[folder] if r.get("kind") != "ensemble"}
+                     for folder, _ in COMPETITION_GRIDS)
+    rows = []
+    for name, now in after.items():
+        old = before[name]
+        cells = [name]
+        for run in (old, now):
+            epochs = run["timings"]["epoch_s"]
+            cells += [f"{run['wall_time_s']:.0f}", _spread(epochs, 1),
+                      f"{sum(e > 1.5 * min(epochs) for e in epochs)} of {len(epochs)}"]
+        cells += [f"{now['wall_time_s'] / old['wall_time_s']:.2f}",
+                  f"{_pct(old['test_accuracy'])} / {_pct(now['test_accuracy'])}"]
+        rows.append(cells)
+    header = ["model"]
+    for _, label in COMPETITION_GRIDS:
+        header += [f"{label}: training s", "epoch s, median (range)", "slow epochs"]
+    header += ["training now over before", "held-out % (before / now)"]
+    return markdown_table(header, rows)
+
+
+@report_block("benchmarks/COMPETITION.md", "competition-grid-epochs")
+def competition_grid_epochs(records: Records) -> str:
+    grids = {folder: [records.json(p) for p in records.glob(f"{COMPETITION_GRID_RUNS}/{folder}/*.json")]
+             for folder, _ in COMPETITION_GRIDS}
+    if not all(grids.values()):
+        return f"Not recorded yet (`{COMPETITION_GRID_RUNS}/`)."
+    machine = _machine(grids["grid"][0])
+    return (f"{competition_grid_epochs_table(grids)}\n\nThe six models of `--grid` on the 42,000-row CSVs, 32 "
+            f"epochs each, seed 0; the two grids ran on different days ({machine}); nothing else ran beside the "
+            f"first, and short probes and unit tests ran beside the second for a few minutes of MoE(1,5) h64's "
+            f"and MoE(3,5) h64's training. A slow epoch takes over 1.5x its run's fastest. Records: "
+            f"`{COMPETITION_GRID_RUNS}/grid-autotune/` and `{COMPETITION_GRID_RUNS}/grid/` (the runs' own "
+            f"records; the benchmark's are `benchmarks/results/competition_grid_cpu_autotune.json` and "
+            f"`benchmarks/results/competition_grid_cpu.json`).")
+
+
 # The recipe screen (validation only) --------------------------------------------
 
 
