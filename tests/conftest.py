@@ -138,3 +138,32 @@ def accelerator_path(monkeypatch):
 
     monkeypatch.setattr(grouped, "ACCELERATORS", (*grouped.ACCELERATORS, jax.default_backend()))
     assert dispatch.dropless_engine(24) == "grouped"
+
+
+@pytest.fixture
+def torch_grouped_path(monkeypatch):
+    """PyTorch's CUDA path (the sorted-rows engine through `torch._grouped_mm`)
+    forced on the CPU, where recent torch runs the kernel too, so that the
+    code a CUDA device runs is checked here. Yields a list that collects
+    the `(rows, kernels)` shapes each kernel call was given."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch._grouped_mm is PyTorch's")
+    from moe_keras import dispatch
+    from moe_keras.dispatch import grouped
+    from moe_keras.dispatch import strategy
+
+    if not grouped.torch_grouped_mm_available():
+        pytest.skip("this torch has no torch._grouped_mm that runs on the CPU")
+    monkeypatch.setattr(strategy, "TORCH_GROUPED_DEVICES", (grouped.torch_device_type(),))
+    assert dispatch.dropless_engine(24) == "grouped"
+    calls = []
+    kernel = grouped.torch_grouped_matmul
+
+    def counted(rows, kernels, group_sizes):
+        calls.append((tuple(rows.shape), tuple(kernels.shape)))
+        return kernel(rows, kernels, group_sizes)
+
+    monkeypatch.setattr(grouped, "torch_grouped_matmul", counted)
+    yield calls

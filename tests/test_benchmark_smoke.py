@@ -272,3 +272,29 @@ def test_input_pipeline_benchmark_quick_times_both_inputs(tmp_path):
         assert len(result["epoch_s"][key]) == 2 and all(s > 0 for s in result["epoch_s"][key])
         assert result["summary"][key]["median_s"] == result["epoch_s"][key][1]
     assert "1 timed rounds after the first" in bench.table(record)
+
+
+def test_expert_loop_benchmark_quick_times_both_ways(tmp_path):
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the loop is JAX's")
+    from moe_keras.dispatch import expert_loop
+
+    shipped = expert_loop.LOOP_PLATFORMS
+    bench = load_script("benchmarks/bench_expert_loop.py")
+    record = bench.main(["--quick", "--json", str(tmp_path / "loop.json")])
+    assert expert_loop.LOOP_PLATFORMS == shipped
+    (row,) = json.loads((tmp_path / "loop.json").read_text())["rows"]
+    assert row == json.loads(json.dumps(record["rows"][0]))
+    assert (row["n"], row["k"]) == (4, 2) and row["busiest_over_mean"] >= 1.0
+    assert len(row["loop_ms"]) == len(row["batched_ms"]) == 1 and row["loop_ms"][0] > 0
+
+
+def test_expert_loop_table_from_a_handmade_record():
+    from pipelines.reports import expert_loop_table
+
+    row = {"n": 256, "k": 2, "busiest_over_mean": 1.53, "loop_ms": [50.0, 40.0], "batched_ms": [100.0, 40.0]}
+    # Ratios pass by pass: 0.5 and 1.0, median 0.75.
+    assert "| 256 | 2 | 1.53 | 45.00 (40.00-50.00) | 70.00 (40.00-100.00) | 0.75 (0.50-1.00) |" in expert_loop_table(
+        {"rows": [row]})

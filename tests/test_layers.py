@@ -278,9 +278,13 @@ def test_dense_and_sparse_dispatch_agree(hidden):
     )
 
 
-@pytest.mark.parametrize("hidden", [None, 6])
-def test_dense_on_the_accelerator_path_equals_dense_dispatch(accelerator_path, hidden):
-    x = np.random.default_rng(3).normal(size=(4, 5, 6)).astype("float32")
+@pytest.mark.parametrize("path", ["accelerator_path", "torch_grouped_path"])
+@pytest.mark.parametrize("hidden", [None, 8])
+def test_dense_on_the_grouped_engine_equals_dense_dispatch(request, path, hidden):
+    # JAX's ragged_dot or torch._grouped_mm, on the CPU; 8 features and 4
+    # units keep torch's rows 16-byte aligned, as its kernel needs.
+    kernel_calls = request.getfixturevalue(path)
+    x = np.random.default_rng(3).normal(size=(4, 5, 8)).astype("float32")
     dense = MoEDense(4, num_experts=8, top_k=2, expert_hidden=hidden, num_shared_experts=1, dispatch="dense")
     dense.build(x.shape)
     sparse = MoEDense(4, num_experts=8, top_k=2, expert_hidden=hidden, num_shared_experts=1, dispatch="sparse")
@@ -301,16 +305,27 @@ def test_dense_on_the_accelerator_path_equals_dense_dispatch(accelerator_path, h
     assert sum(moved) >= 3  # router and the experts' weights at least
     for got, want in zip(sparse.get_weights(), dense.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if path == "torch_grouped_path":
+        # The expert matmuls of the three calls above (and of the model's
+        # build) went through the kernel, on 20 tokens x 2 choices.
+        assert len(kernel_calls) >= 3 * (1 if hidden is None else 2)
+        assert all(rows[0] == 40 for rows, _ in kernel_calls)
 
 
-def test_conv_pixel_on_the_accelerator_path_equals_dense_dispatch(accelerator_path):
-    x = np.random.default_rng(4).normal(size=(3, 9, 7, 2)).astype("float32")
-    dense = MoEConv2D(5, num_experts=6, top_k=2, kernel_size=3, routing="pixel", dispatch="dense")
+@pytest.mark.parametrize("path", ["accelerator_path", "torch_grouped_path"])
+def test_conv_pixel_on_the_grouped_engine_equals_dense_dispatch(request, path):
+    # 3 x 3 x 4 = 36 patch features and 4 filters: torch-aligned rows.
+    kernel_calls = request.getfixturevalue(path)
+    x = np.random.default_rng(4).normal(size=(3, 9, 7, 4)).astype("float32")
+    dense = MoEConv2D(4, num_experts=6, top_k=2, kernel_size=3, routing="pixel", dispatch="dense")
     dense.build(x.shape)
-    sparse = MoEConv2D(5, num_experts=6, top_k=2, kernel_size=3, routing="pixel", dispatch="sparse")
+    sparse = MoEConv2D(4, num_experts=6, top_k=2, kernel_size=3, routing="pixel", dispatch="sparse")
     sparse.build(x.shape)
     sparse.set_weights(dense.get_weights())
     np.testing.assert_allclose(np_(sparse(x)), np_(dense(x)), rtol=1e-4, atol=1e-4)
+    if path == "torch_grouped_path":
+        # 3 images x 7 x 5 valid positions x 2 choices, one call.
+        assert kernel_calls == [((210, 36), (6, 36, 4))]
 
 
 def test_dropped_tokens_only_get_the_shared_experts():

@@ -3,7 +3,8 @@
 One module per strategy: `dense` (every expert on every token), `capacity`
 (capacity-bounded buffers), `dropless` (the bucketed-capacity engine and the
 sort that ranks choices within experts), `grouped` (sorted rows and the
-grouped matmul); `gather` holds the row gathers whose gradients are gathers;
+grouped matmul); `expert_loop` runs stacked experts one at a time where
+that is faster; `gather` holds the row gathers whose gradients are gathers;
 `strategy` is the one place that picks among them.
 """
 
@@ -18,6 +19,8 @@ from moe_keras.dispatch.dropless import bucket_capacities
 from moe_keras.dispatch.dropless import bucketed_mixture
 from moe_keras.dispatch.dropless import sort_by_expert
 from moe_keras.dispatch.dropless import sorted_dispatch_plan
+from moe_keras.dispatch.expert_loop import loops_over_experts
+from moe_keras.dispatch.expert_loop import map_experts
 from moe_keras.dispatch.gather import gather_rows
 from moe_keras.dispatch.gather import take_rows
 from moe_keras.dispatch.grouped import RowPlan

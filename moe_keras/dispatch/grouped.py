@@ -294,6 +294,11 @@ def torch_grouped_matmul(rows, kernels, group_sizes):
     return outputs * valid[:, None].to(outputs.dtype)
 
 
+def torch_device_type():
+    """The type of the device Keras's PyTorch backend puts tensors on."""
+    return ops.convert_to_tensor(0.0).device.type
+
+
 def torch_grouped_mm_available():
     """Whether `torch._grouped_mm` runs in float32 on the device Keras's
     PyTorch backend puts tensors on (the dropless engine's choice)."""

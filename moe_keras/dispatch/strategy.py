@@ -61,6 +61,17 @@ experts taking every token (32-64x) 1/3.6 to 1/12.6. On JAX
 rows' time and the collapsed routers' rows 1/2.8 to 1/22.5 of the
 buffers'."""
 
+TORCH_GROUPED_DEVICES = ("cuda",)
+"""PyTorch devices on which the dropless engine is the sorted rows through
+`torch._grouped_mm` (where a probe call runs it,
+`grouped.torch_grouped_mm_available`), as JAX's is `ragged_dot` on
+accelerators. Not the CPU: there (torch 2.13, 2 cores) the sorted rows
+through it and the buffers took about the same time for a spread router, a
+train step or a predict call of `MoEDense(256, expert_hidden=384)` at 1,024
+and 4,096 tokens (rows over buffers 0.95-1.15 by the medians), and for a
+collapsed router `ROWS_MIN_IMBALANCE` already hands the call to the rows
+(`benchmarks/results/imbalance_cpu_torch.json`)."""
+
 DISPATCH_MODES = ("auto", "dense", "sparse")
 
 
@@ -101,7 +112,9 @@ def dropless_engine(num_tokens):
 
     Returns:
         * `"grouped"` on JAX with a GPU or TPU: sorted rows and
-          `jax.lax.ragged_dot`, a real grouped GEMM there.
+          `jax.lax.ragged_dot`, a real grouped GEMM there; on PyTorch on
+          `TORCH_GROUPED_DEVICES` where `torch._grouped_mm` runs: sorted
+          rows and that kernel.
         * `"buckets"` where the token count is static (JAX, eager
           TensorFlow, PyTorch): the bucketed-capacity ladder. On CPU,
           `ragged_dot` runs many times the plain matmul of the same FLOPs
@@ -119,6 +132,9 @@ def dropless_engine(num_tokens):
         import jax
 
         if jax.default_backend() in grouped.ACCELERATORS:
+            return "grouped"
+    if keras.backend.backend() == "torch":
+        if grouped.torch_device_type() in TORCH_GROUPED_DEVICES and grouped.torch_grouped_mm_available():
             return "grouped"
     if not isinstance(num_tokens, int):
         return "exact"

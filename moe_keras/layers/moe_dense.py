@@ -215,6 +215,8 @@ class MoEDense(MoELayer):
 
         Returns `(e, T, units)`.
         """
+        if len(x.shape) == 3 and dispatch_lib.loops_over_experts(training):
+            return dispatch_lib.map_experts(self._run_one_expert, x, weights)
         equation = "td,edh->eth" if len(x.shape) == 2 else "etd,edh->eth"
         if self.expert_hidden is not None:
             x = ops.einsum(equation, x, weights["hidden_kernel"])
@@ -226,6 +228,18 @@ class MoEDense(MoELayer):
         y = ops.einsum(equation, x, weights["kernel"])
         if self.use_bias:
             y = y + weights["bias"][:, None, :]
+        return y
+
+    def _run_one_expert(self, x, weights):
+        """One expert at inference: `(C, d)` rows and its own weights."""
+        if self.expert_hidden is not None:
+            x = ops.matmul(x, weights["hidden_kernel"])
+            if self.use_bias:
+                x = x + weights["hidden_bias"]
+            x = self.expert_activation(x)
+        y = ops.matmul(x, weights["kernel"])
+        if self.use_bias:
+            y = y + weights["bias"]
         return y
 
     def _run_grouped(self, rows, plan, training=False, dropout_mask=None):

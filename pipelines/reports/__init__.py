@@ -916,6 +916,32 @@ def imbalance(records: Records) -> str:
     return "\n\n".join(parts)
 
 
+EXPERT_LOOP_RECORD = f"{BENCH}/expert_loop_cpu_jax.json"
+
+
+def expert_loop_table(run: dict) -> str:
+    """`benchmarks/bench_expert_loop.py`'s record: predict with the experts
+    one at a time against the batched einsum, pass by pass."""
+    table = [[r["n"], r["k"], _f(r["busiest_over_mean"], 2), _spread(r["loop_ms"]), _spread(r["batched_ms"]),
+              _spread([loop / batched for loop, batched in zip(r["loop_ms"], r["batched_ms"])])]
+             for r in run["rows"]]
+    return markdown_table(["n", "k", "busiest / mean load", "loop ms", "batched einsum ms", "loop over batched"],
+                          table)
+
+
+@report_block("benchmarks/README.md", "expert-loop")
+def expert_loop(records: Records) -> str:
+    if not records.glob(EXPERT_LOOP_RECORD):
+        return f"Not measured yet (`{EXPERT_LOOP_RECORD}`)."
+    run = records.json(EXPERT_LOOP_RECORD)
+    config = run["config"]
+    return (f"**JAX, inference** (`{EXPERT_LOOP_RECORD}`; tokens ({config['batch']}, {config['seq']}, "
+            f"{config['features']}), expert hidden {config['hidden']}; {run['machine']['cpu_count']} CPU cores, "
+            f"no accelerator; 1-minute load average {run['load_average'][0]:.1f} at the end). Median over "
+            f"{config['repeats']} interleaved passes of the median of {config['steps']} calls, range in brackets.\n\n"
+            f"{expert_loop_table(run)}")
+
+
 # Examples (reports/records/examples/*.json, written by examples/*.py) ---------
 
 

@@ -1,0 +1,117 @@
+"""Inference with the experts one at a time against one batched einsum, on
+JAX's CPU backend (`moe_keras.dispatch.expert_loop`).
+
+One process, one `MoEDense(features, n, top_k=k, expert_hidden=hidden)`
+model per `(n, k)`, the peer benchmark's shapes: the same weights and the
+same routing (so the same bucket rung) run predict both ways, the loop
+(`LOOP_PLATFORMS` as shipped) and the batched einsum (`LOOP_PLATFORMS`
+emptied), each retraced for its way. Passes interleave the two; each times
+`--steps` `predict_on_batch` calls after `--warmup` and keeps their median.
+
+    KERAS_BACKEND=jax python benchmarks/bench_expert_loop.py --json benchmarks/results/expert_loop_cpu_jax.json
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--experts", default="8,64,256")
+    parser.add_argument("--topk", default="1,2")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one pass (smoke test)")
+    parser.add_argument("--json", metavar="OUT")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.seq, args.features, args.hidden = 2, 16, 8, 12
+        args.experts, args.topk, args.steps, args.warmup, args.repeats = "4", "2", 2, 1, 1
+    args.experts = [int(v) for v in args.experts.split(",")]
+    args.topk = [int(v) for v in args.topk.split(",")]
+    return args
+
+
+def predict_ms(model, x, looped, steps, warmup):
+    from moe_keras.dispatch import expert_loop
+
+    shipped = expert_loop.LOOP_PLATFORMS
+    expert_loop.LOOP_PLATFORMS = shipped if looped else ()
+    try:
+        model.make_predict_function(force=True)
+        for _ in range(warmup):
+            model.predict_on_batch(x)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.predict_on_batch(x)
+            times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
+    finally:
+        expert_loop.LOOP_PLATFORMS = shipped
+
+
+def run(args):
+    import keras
+
+    from moe_keras import MoEDense
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(args.batch, args.seq, args.features)).astype("float32")
+    models = {}
+    for n in args.experts:
+        for k in args.topk:
+            inputs = keras.Input((args.seq, args.features))
+            layer = MoEDense(args.features, n, top_k=k, expert_hidden=args.hidden)
+            models[(n, k)] = keras.Model(inputs, layer(inputs))
+    passes = {case: {"loop_ms": [], "batched_ms": []} for case in models}
+    for _ in range(args.repeats):
+        for case, model in models.items():
+            for looped, key in ((True, "loop_ms"), (False, "batched_ms")):
+                passes[case][key].append(predict_ms(model, x, looped, args.steps, args.warmup))
+            print(f"n={case[0]:<4d} k={case[1]} loop {passes[case]['loop_ms'][-1]:7.1f} ms  "
+                  f"batched {passes[case]['batched_ms'][-1]:7.1f} ms", flush=True)
+    rows = []
+    for (n, k), model in models.items():
+        layer = model.layers[-1]
+        choices = np.asarray(layer.expert_choices(x.reshape(-1, args.features))).ravel()
+        busiest = np.bincount(choices, minlength=n).max() * n / choices.size
+        rows.append({"n": n, "k": k, "busiest_over_mean": float(busiest), **passes[(n, k)]})
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    from pipelines import records
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit("bench_expert_loop.py measures JAX's loop: run it with KERAS_BACKEND=jax")
+    start = time.perf_counter()
+    rows = run(args)
+    record = records.run_record(
+        {k: v for k, v in vars(args).items() if k != "json"}, 0, start,
+        backend=keras.backend.backend(), rows=rows,
+    )
+    if args.json:
+        records.write_json_atomically(args.json, record)
+    return record
+
+
+if __name__ == "__main__":
+    main()
