@@ -254,12 +254,15 @@ def _probe_torch_grouped_mm(device, dtype):
 
 
 def torch_grouped_mm_runs(rows, kernels):
-    """Whether `torch_grouped_matmul` can take these operands: one dtype,
-    rows and kernel rows 16-byte aligned (the kernel's requirement), and a
-    device and dtype where a probe call ran (cached; never probed while
-    `torch.compile` traces)."""
+    """Whether `torch_grouped_matmul` can take these operands: not while
+    `torch.compile` traces (its shape rules for the kernel accept bf16 alone,
+    torch 2.13, where eager CPU runs float32 too), one dtype, rows and
+    kernel rows 16-byte aligned (the kernel's requirement), and a device and
+    dtype where a probe call ran (cached)."""
     import torch
 
+    if torch.compiler.is_compiling():
+        return False
     rows, kernels = ops.convert_to_tensor(rows), ops.convert_to_tensor(kernels)
     if rows.dtype != kernels.dtype:
         return False
@@ -268,8 +271,6 @@ def torch_grouped_mm_runs(rows, kernels):
         return False
     key = (rows.device.type, rows.dtype)
     if key not in _TORCH_GROUPED_MM_RUNS:
-        if torch.compiler.is_compiling():
-            return False
         _TORCH_GROUPED_MM_RUNS[key] = _probe_torch_grouped_mm(rows.device, rows.dtype)
     return _TORCH_GROUPED_MM_RUNS[key]
 
