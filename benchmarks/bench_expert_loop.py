@@ -104,13 +104,7 @@ def main(argv=None):
         raise SystemExit("bench_expert_loop.py measures JAX's loop: run it with KERAS_BACKEND=jax")
     start = time.perf_counter()
     rows = run(args)
-    record = records.run_record(
-        {k: v for k, v in vars(args).items() if k != "json"}, 0, start,
-        backend=keras.backend.backend(), rows=rows,
-    )
-    if args.json:
-        records.write_json_atomically(args.json, record)
-    return record
+    return records.benchmark_record(args, start, rows, keras.backend.backend())
 
 
 if __name__ == "__main__":

@@ -238,13 +238,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     rows = imbalance_rows(args) if args.imbalance else grouped_rows(args) + dispatch_rows(args)
-    record = records.run_record(
-        {k: v for k, v in vars(args).items() if k != "json"}, 0, start,
-        backend=keras.backend.backend(), rows=rows,
-    )
-    if args.json:
-        records.write_json_atomically(args.json, record)
-    return record
+    return records.benchmark_record(args, start, rows, keras.backend.backend())
 
 
 if __name__ == "__main__":

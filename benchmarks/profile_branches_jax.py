@@ -139,11 +139,7 @@ def main(argv=None):
             row = {**json.loads(out.strip().splitlines()[-1]), "allocator": allocator, "env": extra}
             rows.append(row)
             print(f"n={n} {allocator}: " + ", ".join(f"{v} {row['ms'][v]:.1f} ms" for v in VARIANTS), flush=True)
-    record = records.run_record({k: v for k, v in vars(args).items() if k not in ("json", "case")}, 0, start,
-                                backend="jax", rows=rows)
-    if args.json:
-        records.write_json_atomically(args.json, record)
-    return record
+    return records.benchmark_record(args, start, rows, "jax", private=("json", "case"))
 
 
 if __name__ == "__main__":

@@ -144,13 +144,9 @@ def main(argv=None):
 
     start = time.perf_counter()
     rows = run(args)
-    record = records.run_record({k: v for k, v in vars(args).items() if k != "json"}, 0, start,
-                                backend=keras.backend.backend(), rows=rows)
     for row in rows:
         print(f"n={row['n']}: " + ", ".join(f"{p} {statistics.median(row[p]):.2f} ms" for p in PIECES))
-    if args.json:
-        records.write_json_atomically(args.json, record)
-    return record
+    return records.benchmark_record(args, start, rows, keras.backend.backend())
 
 
 if __name__ == "__main__":

@@ -143,3 +143,19 @@ def run_record(config, seed, started, **fields):
         **fields,
         "timings": {"total_s": round(time.perf_counter() - started, 1)},
     }
+
+
+def benchmark_record(args, started, rows, backend, private=("json",)):
+    """A benchmark's run record of `rows`: its parsed `args` as the config
+    (less `private`, the options that say where to write or which child
+    process this is), seed 0, and `backend`; written atomically to
+    `args.json` when that is set.
+
+    Returns:
+        The record.
+    """
+    config = {key: value for key, value in vars(args).items() if key not in private}
+    record = run_record(config, 0, started, backend=backend, rows=rows)
+    if args.json:
+        write_json_atomically(args.json, record)
+    return record

@@ -204,6 +204,10 @@ def test_imbalance_benchmark_quick_collapses_the_router_and_restores_the_bound(t
 
 
 def test_dropless_profile_quick_times_every_piece(tmp_path):
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("profile_dropless.py profiles TensorFlow's call")
     bench = load_script("benchmarks/profile_dropless.py")
     out = tmp_path / "profile.json"
     record = bench.main(["--quick", "--json", str(out)])

@@ -218,6 +218,22 @@ def test_train_run_restores_the_dtype_policy_when_a_later_step_raises(tmp_path, 
 # Run record ------------------------------------------------------------------
 
 
+def test_benchmark_record_keeps_the_config_less_private_options_and_writes_only_when_asked(tmp_path):
+    import argparse
+    import time
+
+    rows = [{"n": 8, "ms": [1.0, 2.0]}]
+    out = tmp_path / "bench.json"
+    args = argparse.Namespace(steps=5, json=str(out), case=None)
+    record = records.benchmark_record(args, time.perf_counter(), rows, "jax", private=("json", "case"))
+    assert record["config"] == {"steps": 5} and record["seed"] == 0
+    assert record["backend"] == "jax" and record["rows"] == rows
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    unwritten = records.benchmark_record(argparse.Namespace(steps=5, json=None), time.perf_counter(), rows, "jax")
+    assert unwritten["config"] == {"steps": 5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+
 def test_run_record_has_command_config_seed_versions_machine_metrics_timings(tmp_path):
     source = _tiny_source(tmp_path / "data")
     model_config = TINY_MLP
