@@ -305,10 +305,9 @@ def torch_grouped_mm_available():
     PyTorch backend puts tensors on (the dropless engine's choice)."""
     import torch
 
-    device = ops.convert_to_tensor(0.0).device
-    key = (device.type, torch.float32)
+    key = (torch_device_type(), torch.float32)
     if key not in _TORCH_GROUPED_MM_RUNS:
-        _TORCH_GROUPED_MM_RUNS[key] = _probe_torch_grouped_mm(device, torch.float32)
+        _TORCH_GROUPED_MM_RUNS[key] = _probe_torch_grouped_mm(*key)
     return _TORCH_GROUPED_MM_RUNS[key]
 
 
