@@ -25,6 +25,7 @@ Two tables, one backend per run (`KERAS_BACKEND`):
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -168,13 +169,27 @@ def dispatch_rows(args):
 ENGINES = {"dense": ("dense", None), "buffers": ("sparse", 1e9), "rows": ("sparse", 1e-3), "auto": ("sparse", None)}
 
 
+@contextlib.contextmanager
+def engine_bound(engine):
+    """`strategy.ROWS_MIN_IMBALANCE` set for `engine` of `ENGINES` (`None`:
+    as shipped) while the block runs, then restored. Graph backends read it
+    when they trace; eager PyTorch on every call."""
+    from moe_keras.dispatch import strategy
+
+    shipped = strategy.ROWS_MIN_IMBALANCE
+    bound = ENGINES[engine][1]
+    strategy.ROWS_MIN_IMBALANCE = shipped if bound is None else bound
+    try:
+        yield
+    finally:
+        strategy.ROWS_MIN_IMBALANCE = shipped
+
+
 def imbalance_rows(args):
     import keras
 
     from moe_keras import MoEDense
-    from moe_keras.dispatch import strategy
 
-    default_bound = strategy.ROWS_MIN_IMBALANCE
     rng = np.random.default_rng(2)
     rows = []
     for tokens in args.tokens:
@@ -184,8 +199,7 @@ def imbalance_rows(args):
                 if router == "collapsed":
                     x = np.abs(x)
                 models = {}
-                for engine, (mode, bound) in ENGINES.items():
-                    strategy.ROWS_MIN_IMBALANCE = default_bound if bound is None else bound
+                for engine, (mode, _) in ENGINES.items():
                     keras.utils.set_random_seed(0)
                     inputs = keras.Input((args.features,))
                     layer = MoEDense(args.features, n, top_k=k, expert_hidden=args.hidden, dispatch=mode,
@@ -198,25 +212,20 @@ def imbalance_rows(args):
                         kernel = np.zeros((args.features, n), "float32")
                         kernel[:, 0], kernel[:, 1] = 1.0, 0.5
                         layer.router_kernel.assign(kernel)
-                    # Traced now, under this engine's bound.
-                    model.train_on_batch(x, x)
+                    with engine_bound(engine):  # traced now, under this engine's bound
+                        model.train_on_batch(x, x)
                     models[engine] = model
-                strategy.ROWS_MIN_IMBALANCE = default_bound
                 choices = np.asarray(models["auto"].layers[-1].expert_choices(x)).ravel()
                 busiest = np.bincount(choices, minlength=n).max() / (tokens * k / n)
                 times = {engine: [] for engine in models}
                 predict_times = {engine: [] for engine in models}
                 for _ in range(args.repeats):
                     for engine, model in models.items():
-                        # Eager backends (PyTorch) read the bound on every
-                        # call, not once when a graph is traced.
-                        bound = ENGINES[engine][1]
-                        strategy.ROWS_MIN_IMBALANCE = default_bound if bound is None else bound
-                        times[engine].append(timed_ms(lambda: [model.train_on_batch(x, x)], args.steps))
-                        if args.predict:
-                            predict_times[engine].append(
-                                timed_ms(lambda: [model.predict_on_batch(x)], args.steps))
-                        strategy.ROWS_MIN_IMBALANCE = default_bound
+                        with engine_bound(engine):
+                            times[engine].append(timed_ms(lambda: [model.train_on_batch(x, x)], args.steps))
+                            if args.predict:
+                                predict_times[engine].append(
+                                    timed_ms(lambda: [model.predict_on_batch(x)], args.steps))
                 for engine, passes in times.items():
                     row = {"table": "imbalance", "tokens": tokens, "n": n, "k": k, "router": router,
                            "busiest_over_mean": float(busiest), "engine": engine, "train_ms": passes}

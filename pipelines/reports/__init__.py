@@ -937,7 +937,7 @@ def expert_loop(records: Records) -> str:
     config = run["config"]
     return (f"**JAX, inference** (`{EXPERT_LOOP_RECORD}`; tokens ({config['batch']}, {config['seq']}, "
             f"{config['features']}), expert hidden {config['hidden']}; {run['machine']['cpu_count']} CPU cores, "
-            f"no accelerator; 1-minute load average {run['load_average'][0]:.1f} at the end). Median over "
+            f"{run['machine']['accelerator'] or 'no accelerator'}; 1-minute load average {run['load_average'][0]:.1f} at the end). Median over "
             f"{config['repeats']} interleaved passes of the median of {config['steps']} calls, range in brackets.\n\n"
             f"{expert_loop_table(run)}")
 
