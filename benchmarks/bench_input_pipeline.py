@@ -117,18 +117,15 @@ def main(argv=None):
         return 0
     from pipelines.data import prepare_data_dir
     from pipelines.records import run_record
+    from pipelines.records import write_json_atomically
 
     started = time.perf_counter()
     prepare_data_dir(args.data)
     rounds, rows = (2, 512) if args.quick else (args.rounds, None)
     result = measure(args.data, rounds, rows)
     record = run_record({"rounds": rounds, "rows": rows, "data": str(args.data)}, 0, started, result=result)
-    text = json.dumps(record, indent=1)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.json.with_suffix(".tmp")
-        temporary.write_text(text + "\n")
-        temporary.replace(args.json)
+        write_json_atomically(args.json, record)
     print(json.dumps(result["summary"], indent=1))
     return 0
 
