@@ -69,6 +69,16 @@ def _seed(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _pixels(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels of at least 0, got {text!r}")
+    return value
+
+
 def _members(text):
     try:
         count = int(text)
@@ -97,6 +107,7 @@ def _add_train_arguments(parser):
     model.add_argument("--arch", choices=("cnn", "mlp"), default="cnn")
     model.add_argument("--conv-moe", type=_pair, metavar="K,N", help="make the second conv block an MoEConv2D MoE(K,N)")
     model.add_argument("--no-augment", action="store_true", help="no rotation/shift/zoom augmentation")
+    model.add_argument("--elastic", type=_pixels, default=0.0, metavar="ALPHA", help="add an elastic distortion of scale ALPHA pixels (Simard et al. 2003 used 34) to the augmentation; default 0, off")
     model.add_argument("--trunk", choices=("strided", "pool", "deep"), default="strided",
                        help="the cnn's conv trunk: two blocks of two 3x3 convs, each halving the "
                             "resolution by a stride of 2 in its second conv (strided, default) or "
@@ -201,6 +212,7 @@ def _configs_from_args(args):
         conv_moe=args.conv_moe,
         trunk=args.trunk,
         augment=not args.no_augment,
+        elastic=args.elastic,
         hidden_dropout=args.hidden_dropout,
         routing=routing,
     )

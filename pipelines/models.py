@@ -25,6 +25,7 @@ import numpy as np
 
 from moe_keras import MoEConv2D
 from moe_keras import MoEDense
+from pipelines.augment import ElasticDistortion
 
 ARCHITECTURES = ("cnn", "mlp")
 ROUTING_DEFAULTS = ("pipeline", "layer")
@@ -39,6 +40,8 @@ FEATURE_UNITS = 128
 MLP_HIDDEN = 128
 MLP_UNITS = 64
 MOE_LAYER_NAME = "moe"
+# Simard et al.'s smoothness of the elastic distortion field, in pixels.
+ELASTIC_SIGMA = 4.0
 
 # torchvision's MNIST recipe, Normalize((0.1307,), (0.3081,)), which PyTorch
 # studies usually apply: it centres the pixels that the router sees.
@@ -102,6 +105,9 @@ class ModelConfig:
         shared: shared experts of the MoE block.
         conv_moe: `(k, n)` to make the second conv block an MoEConv2D.
         augment: random rotation/shift/zoom in front of the CNN.
+        elastic: `alpha` of an elastic distortion after that augmentation
+            (`pipelines.augment.ElasticDistortion`, sigma
+            `ELASTIC_SIGMA`); 0 leaves it out.
         hidden_dropout: dropout on the feature block's hidden layer: the
             experts' hidden activations (MoEDense `expert_dropout`) or the
             dense baseline's hidden layer, so both get the same recipe.
@@ -134,6 +140,7 @@ class ModelConfig:
     shared: int = 0
     conv_moe: tuple[int, int] | None = None
     augment: bool = True
+    elastic: float = 0.0
     hidden_dropout: float = 0.0
     routing: dict = field(default_factory=dict)
     routing_defaults: str = "pipeline"
@@ -156,6 +163,10 @@ class ModelConfig:
                     raise ValueError(
                         f"`{name}` must be K,N with 1 <= K <= N; got {k},{n}."
                     )
+        if self.elastic < 0:
+            raise ValueError(f"`elastic` must be at least 0; got {self.elastic}.")
+        if self.elastic and not (self.arch == "cnn" and self.augment):
+            raise ValueError("`elastic` needs the cnn architecture with augmentation.")
         if not 0 <= self.hidden_dropout < 1:
             raise ValueError(
                 f"`hidden_dropout` must be in [0, 1); got {self.hidden_dropout}."
@@ -200,6 +211,8 @@ class ModelConfig:
             parts.append(self.trunk)
         if self.arch == "cnn" and not self.augment:
             parts.append("noaug")
+        if self.elastic:
+            parts.append(f"el{self.elastic:g}")
         if self.hidden_dropout:
             parts.append(f"hdrop{self.hidden_dropout:g}")
         if self.standardize:
@@ -209,23 +222,23 @@ class ModelConfig:
         return "-".join(parts)
 
 
-def _augmentation(seeds):
+def _augmentation(seeds, elastic):
     # One seed each: with a shared seed the three layers draw the same
     # uniforms, so rotation, shift and zoom of an image move together.
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(
-                0.05, fill_mode="constant", seed=next(seeds), name="rotation"
-            ),
-            keras.layers.RandomTranslation(
-                0.1, 0.1, fill_mode="constant", seed=next(seeds), name="translation"
-            ),
-            keras.layers.RandomZoom(
-                0.1, fill_mode="constant", seed=next(seeds), name="zoom"
-            ),
-        ],
-        name="augment",
-    )
+    layers = [
+        keras.layers.RandomRotation(
+            0.05, fill_mode="constant", seed=next(seeds), name="rotation"
+        ),
+        keras.layers.RandomTranslation(
+            0.1, 0.1, fill_mode="constant", seed=next(seeds), name="translation"
+        ),
+        keras.layers.RandomZoom(0.1, fill_mode="constant", seed=next(seeds), name="zoom"),
+    ]
+    if elastic:
+        layers.append(
+            ElasticDistortion(elastic, ELASTIC_SIGMA, seed=next(seeds), name="elastic")
+        )
+    return keras.Sequential(layers, name="augment")
 
 
 def _conv(x, filters, size, name, config, seeds, strides=1, padding="same", conv_moe=None):
@@ -379,7 +392,7 @@ def build_model(config, seed=0):
         )(x)
     if config.arch == "cnn":
         if config.augment:
-            x = _augmentation(seeds)(x)
+            x = _augmentation(seeds, config.elastic)(x)
         if config.trunk == "deep":
             x = _deep_trunk(x, config, seeds)
         else:

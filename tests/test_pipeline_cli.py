@@ -313,11 +313,16 @@ def test_new_training_flags_reach_the_train_config(monkeypatch):
     assert (everything.deterministic, everything.tta, everything.pseudo_label) == (True, True, 0.99)
     assert seen[1].ensemble == 3
     assert cli._configs_from_args(seen[2])[1].pseudo_label == 0.9
+    assert cli._configs_from_args(seen[0])[0].elastic == 0.0
+    assert cli.main(["--elastic", "34"]) == 0
+    assert cli._configs_from_args(seen[3])[0].elastic == 34.0
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["--pseudo-label", "1.5"], "threshold in (0, 1]"),
     (["--ensemble", "0"], "at least 1"),
+    (["--elastic", "-2"], "pixels of at least 0"),
+    (["--elastic", "nan"], "pixels of at least 0"),
     (["--grid", "--ensemble", "2"], "not allowed with argument"),
     (["ensemble"], "RUN_JSON"),
 ])

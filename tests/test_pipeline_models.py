@@ -22,6 +22,7 @@ from pipelines.models import count_parameters
         (ModelConfig(moe=(2, 5), conv_moe=(2, 4), augment=False), "cnn-moe2of5-h64-s0-conv2of4-noaug"),
         (ModelConfig(trunk="pool"), "cnn-moe3of5-h64-s0-pool"),
         (ModelConfig(trunk="deep"), "cnn-moe3of5-h64-s0-deep"),
+        (ModelConfig(elastic=34.0), "cnn-moe3of5-h64-s0-el34"),
     ],
 )
 def test_run_names_spell_the_config(config, name):
@@ -31,7 +32,9 @@ def test_run_names_spell_the_config(config, name):
 @pytest.mark.parametrize(
     "kwargs,message",
     [({"arch": "rnn"}, "architecture"), ({"moe": (6, 5)}, "1 <= K <= N"),
-     ({"arch": "mlp", "conv_moe": (1, 2)}, "cnn"), ({"trunk": "resnet"}, "trunk")],
+     ({"arch": "mlp", "conv_moe": (1, 2)}, "cnn"), ({"trunk": "resnet"}, "trunk"),
+     ({"elastic": -1.0}, "elastic"), ({"elastic": 8.0, "augment": False}, "augmentation"),
+     ({"arch": "mlp", "elastic": 8.0}, "cnn")],
 )
 def test_invalid_configs_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -159,6 +162,8 @@ def _seed_states(model):
         # rotation, translation, zoom, conv router noise, feature dropout,
         # MoE router noise and expert dropout, head dropout
         (ModelConfig(conv_moe=(2, 4), hidden_dropout=0.2, routing={"router_noise": "gaussian"}), 8),
+        # ... and the elastic distortion
+        (ModelConfig(moe=None, hidden=32, elastic=8.0), 6),
         (ModelConfig(moe=None, hidden=32, hidden_dropout=0.3), 6),
         (ModelConfig(arch="mlp", moe=None, hidden_dropout=0.3), 1),
         (ModelConfig(arch="mlp", moe=(2, 3), hidden_dropout=0.3, routing={"router_noise": "gaussian"}), 2),

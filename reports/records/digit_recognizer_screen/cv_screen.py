@@ -35,6 +35,12 @@ ARMS = {
     "pseudo": (dict(), dict(pseudo_label=0.99)),
     # Decoupled weight decay (Keras's optimizers take `weight_decay`).
     "wd05": (dict(), dict()),
+    # Simard et al.'s elastic distortion (alpha 34, sigma 4) after the
+    # rotation, shift and zoom (`--elastic 34`); with 48 epochs, since a
+    # stronger augmentation may need longer to fit; and a third of it.
+    "elastic": (dict(elastic=34.0), dict()),
+    "elastic48": (dict(elastic=34.0), dict(epochs=48)),
+    "elastic12": (dict(elastic=12.0), dict()),
 }
 OPTIMIZER_OPTIONS = {"wd05": dict(weight_decay=0.05)}
 
