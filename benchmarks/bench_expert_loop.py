@@ -23,26 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.peer_shapes import add_shape_arguments  # noqa: E402
+from benchmarks.peer_shapes import resolve_shape_arguments  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--features", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--experts", default="8,64,256")
-    parser.add_argument("--topk", default="1,2")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one pass (smoke test)")
+    add_shape_arguments(parser)
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.batch, args.seq, args.features, args.hidden = 2, 16, 8, 12
-        args.experts, args.topk, args.steps, args.warmup, args.repeats = "4", "2", 2, 1, 1
-    args.experts = [int(v) for v in args.experts.split(",")]
-    args.topk = [int(v) for v in args.topk.split(",")]
+    resolve_shape_arguments(args, quick_experts="4", quick_topk="2")
     return args
 
 

@@ -48,23 +48,21 @@ import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.peer_shapes import add_shape_arguments  # noqa: E402
+from benchmarks.peer_shapes import resolve_shape_arguments  # noqa: E402
+
 MODELS = ("dense_ffn", "dense_ffn_graph", "moe_default", "moe_cf1.25", "keras_hub_mixtral")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one pass (smoke test)")
+    add_shape_arguments(parser)
     parser.add_argument("--json", metavar="OUT", help="write the run record here")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--features", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=384, help="MoE expert hidden size")
-    parser.add_argument("--experts", default="8,64,256")
-    parser.add_argument("--topk", default="1,2")
     parser.add_argument("--models", help=f"comma-separated, from {MODELS} (all that apply)")
-    parser.add_argument("--steps", type=int, default=5, help="timed calls per pass")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="passes")
     parser.add_argument("--memory", action="store_true",
                         help="also measure peak inference memory, one process per model")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
@@ -74,11 +72,7 @@ def parse_args(argv=None):
                         help="above this n, KerasHub's block (every expert on every "
                              "token) is timed in the first pass only")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.batch, args.seq, args.features, args.hidden = 2, 16, 8, 12
-        args.experts, args.topk, args.steps, args.warmup, args.repeats = "4,8", "1,2", 2, 1, 1
-    args.experts = [int(v) for v in args.experts.split(",")]
-    args.topk = [int(v) for v in args.topk.split(",")]
+    resolve_shape_arguments(args, quick_experts="4,8", quick_topk="1,2")
     if args.models is None:
         import keras
 
