@@ -2,11 +2,11 @@
 Platt, "Best practices for convolutional neural networks applied to visual
 document analysis" (ICDAR 2003).
 
-Keras ships `keras.layers.RandomElasticTransform`, but in Keras 3.15 it
-draws the x and y displacement fields from the same seed (so every pixel
-moves along the diagonal) and, inside a model whose batch size is unknown,
-one field for the whole batch; this layer draws two independent fields per
-image.
+Keras ships `keras.layers.RandomElasticTransform`, but in Keras 3.15 its
+TensorFlow and JAX kernels draw the x and y displacement fields from the
+same seed (so every pixel moves along the diagonal), and TensorFlow's draws
+one field for the whole batch inside a model whose batch size is unknown;
+this layer draws two independent fields per image.
 """
 
 import math
