@@ -189,6 +189,25 @@ def test_cv_screen_pairs_arms_by_fold_and_summarises_tta(tmp_path):
     assert "No cross-validated screen" in blocks.cv_screen(Records(tmp_path / "empty"))
 
 
+def test_grid_ensemble_screen_pairs_bagged_with_shared_by_fold(tmp_path):
+    def run(arm, fold, accuracy, members):
+        return {"arm": arm, "fold": fold, "val_acc": accuracy, "val_nll": 0.04,
+                "members": [{"acc": a} for a in members]}
+
+    record = {"config": {"arms": {"shared": "one seed", "bagged": "own seeds"}}, "machine": MACHINE, "runs": [
+        run("shared", 0, 0.988, [0.981, 0.985]), run("bagged", 0, 0.986, [0.980, 0.982]),
+        run("shared", 1, 0.984, [0.978, 0.984]), run("bagged", 1, 0.984, [0.974, 0.984]),
+    ]}
+    path = tmp_path / blocks.GRID_ENSEMBLE_SCREEN_RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    text = blocks.cv_grid_ensemble(Records(tmp_path))
+    # Gaps -0.2 and 0.0 pp: mean -0.1, sd 0.1414 -> half width 12.706 * 0.1 = 1.27.
+    assert "| `bagged` | own seeds | 0, 1 | 98.50 (98.40-98.60) | -0.10 [-1.37, +1.17] | 98.00 (97.40-98.40) | 0.0400 |" in text
+    assert "| `shared` | one seed | 0, 1 | 98.60 (98.40-98.80) | - | 98.20 (97.80-98.50) | 0.0400 |" in text
+    assert "No grid-ensemble screen" in blocks.cv_grid_ensemble(Records(tmp_path / "empty"))
+
+
 def test_competition_grid_epochs_pairs_models_and_counts_slow_epochs(tmp_path):
     def run(folder, hidden, wall, epochs, accuracy=0.9):
         record = {"model_config": {"moe": None, "hidden": hidden, "arch": "cnn", "trunk": "strided"}, "wall_time_s": wall,

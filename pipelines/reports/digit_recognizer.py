@@ -39,6 +39,7 @@ from pipelines.reports.study_scale import t_interval
 SPEED_RECORD = "benchmarks/results/default_run_cpu.json"
 CV_SCREEN_RECORD = "reports/records/digit_recognizer_screen/cv_screen.json"
 SCREEN_RECORD = "reports/records/digit_recognizer_screen/screen.json"
+GRID_ENSEMBLE_SCREEN_RECORD = "reports/records/digit_recognizer_screen/cv_grid_ensemble.json"
 # The default's runs, then those of earlier defaults: the same recipe fed
 # with tf.data autotuning on, batch 64 at 2e-3 on the strided trunk, and the
 # max-pool trunk before that.
@@ -267,6 +268,35 @@ def cv_screen(records: Records) -> str:
             f"plain prediction, over the {len(tta)} runs that recorded both: {mean:+.2f} pp, 95% t interval "
             f"[{low:+.2f}, {high:+.2f}]. Epoch s: the median over folds of each run's median epoch after the "
             f"first; {_machine(run)}. Record `{CV_SCREEN_RECORD}`.")
+
+
+@report_block("reports/digit_recognizer_grid.md", "cv-grid-ensemble")
+def cv_grid_ensemble(records: Records) -> str:
+    if not records.glob(GRID_ENSEMBLE_SCREEN_RECORD):
+        return f"No grid-ensemble screen is recorded yet (`{GRID_ENSEMBLE_SCREEN_RECORD}`)."
+    run = records.json(GRID_ENSEMBLE_SCREEN_RECORD)
+    by_arm: dict[str, dict[int, dict]] = {}
+    for r in run["runs"]:
+        by_arm.setdefault(r["arm"], {})[r["fold"]] = r
+    base = by_arm["shared"]
+    rows = []
+    for arm, by_fold in by_arm.items():
+        folds = sorted(set(by_fold) & set(base))
+        accuracy = [by_fold[f]["val_acc"] for f in folds]
+        members = [m["acc"] for f in folds for m in by_fold[f]["members"]]
+        rows.append([
+            f"`{arm}`", run["config"]["arms"][arm], ", ".join(map(str, folds)),
+            f"{100 * statistics.fmean(accuracy):.2f} ({100 * min(accuracy):.2f}-{100 * max(accuracy):.2f})",
+            "-" if arm == "shared" else _paired_cell(accuracy, [base[f]["val_acc"] for f in folds], 100),
+            f"{100 * statistics.fmean(members):.2f} ({100 * min(members):.2f}-{100 * max(members):.2f})",
+            f"{statistics.fmean(by_fold[f]['val_nll'] for f in folds):.4f}",
+        ])
+    table = markdown_table(["arm", "members", "folds", "ensemble validation % mean (range)",
+                            "minus shared, pp [95% t]", "members' validation % mean (range)",
+                            "ensemble validation loss mean"], rows)
+    return (f"{table}\n\nThe six models of `--grid`, each trained on fold f's 3,000 digits (its own "
+            f"stratified 90/10 split of them for early stopping), averaged and scored on the fold's 1,000; "
+            f"the folds of the cross-validated screen; {_machine(run)}. Record `{GRID_ENSEMBLE_SCREEN_RECORD}`.")
 
 
 # Item 2: the default against its dense baseline ------------------------------
