@@ -1,14 +1,20 @@
 """Inference with the experts one at a time against one batched einsum, on
-JAX's CPU backend (`moe_keras.dispatch.expert_loop`).
+JAX's CPU backend (`moe_keras.dispatch.expert_loop`); with `--train`, the
+same for a train step, where the shipped rule keeps the einsum.
 
 One process, one `MoEDense(features, n, top_k=k, expert_hidden=hidden)`
 model per `(n, k)`, the peer benchmark's shapes: the same weights and the
-same routing (so the same bucket rung) run predict both ways, the loop
+same routing (so the same bucket rung) run both ways, the loop
 (`LOOP_PLATFORMS` as shipped) and the batched einsum (`LOOP_PLATFORMS`
 emptied), each retraced for its way. Passes interleave the two; each times
-`--steps` `predict_on_batch` calls after `--warmup` and keeps their median.
+`--steps` `predict_on_batch` calls (with `--train`, `train_on_batch` calls:
+SGD, MSE to the inputs) after `--warmup` and keeps their median. To loop in
+training, the benchmark swaps `moe_keras.dispatch.loops_over_experts` for
+one that answers as at inference; the experts have no dropout, which the
+loop does not apply.
 
     KERAS_BACKEND=jax python benchmarks/bench_expert_loop.py --json benchmarks/results/expert_loop_cpu_jax.json
+    KERAS_BACKEND=jax python benchmarks/bench_expert_loop.py --train --json benchmarks/results/expert_loop_train_cpu_jax.json
 """
 
 import argparse
@@ -30,29 +36,41 @@ from benchmarks.peer_shapes import resolve_shape_arguments  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_shape_arguments(parser)
+    parser.add_argument("--train", action="store_true", help="time train steps instead of predict calls")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
-    resolve_shape_arguments(args, quick_experts="4", quick_topk="2")
+    resolve_shape_arguments(args, quick_experts="8", quick_topk="2")
     return args
 
 
-def predict_ms(model, x, looped, steps, warmup):
+def call_ms(model, x, looped, steps, warmup, train=False):
+    """Median ms of `steps` predict (or train) calls of `model` on `x`, its
+    experts looped or batched."""
+    from moe_keras import dispatch
     from moe_keras.dispatch import expert_loop
 
-    shipped = expert_loop.LOOP_PLATFORMS
-    expert_loop.LOOP_PLATFORMS = shipped if looped else ()
+    shipped_platforms, shipped_rule = expert_loop.LOOP_PLATFORMS, dispatch.loops_over_experts
+    expert_loop.LOOP_PLATFORMS = shipped_platforms if looped else ()
+    if train:
+        dispatch.loops_over_experts = lambda training: shipped_rule(False)
     try:
-        model.make_predict_function(force=True)
+        if train:
+            model.make_train_function(force=True)
+            call = lambda: model.train_on_batch(x, x)  # noqa: E731
+        else:
+            model.make_predict_function(force=True)
+            call = lambda: model.predict_on_batch(x)  # noqa: E731
         for _ in range(warmup):
-            model.predict_on_batch(x)
+            call()
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            model.predict_on_batch(x)
+            call()
             times.append((time.perf_counter() - start) * 1000)
         return statistics.median(times)
     finally:
-        expert_loop.LOOP_PLATFORMS = shipped
+        expert_loop.LOOP_PLATFORMS = shipped_platforms
+        dispatch.loops_over_experts = shipped_rule
 
 
 def run(args):
@@ -68,11 +86,12 @@ def run(args):
             inputs = keras.Input((args.seq, args.features))
             layer = MoEDense(args.features, n, top_k=k, expert_hidden=args.hidden)
             models[(n, k)] = keras.Model(inputs, layer(inputs))
+            models[(n, k)].compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
     passes = {case: {"loop_ms": [], "batched_ms": []} for case in models}
     for _ in range(args.repeats):
         for case, model in models.items():
             for looped, key in ((True, "loop_ms"), (False, "batched_ms")):
-                passes[case][key].append(predict_ms(model, x, looped, args.steps, args.warmup))
+                passes[case][key].append(call_ms(model, x, looped, args.steps, args.warmup, args.train))
             print(f"n={case[0]:<4d} k={case[1]} loop {passes[case]['loop_ms'][-1]:7.1f} ms  "
                   f"batched {passes[case]['batched_ms'][-1]:7.1f} ms", flush=True)
     rows = []

@@ -278,21 +278,45 @@ def test_input_pipeline_benchmark_quick_times_both_inputs(tmp_path):
     assert "1 timed rounds after the first" in bench.table(record)
 
 
-def test_expert_loop_benchmark_quick_times_both_ways(tmp_path):
+def test_expert_loop_benchmark_quick_times_both_ways(tmp_path, monkeypatch):
     import keras
 
     if keras.backend.backend() != "jax":
         pytest.skip("the loop is JAX's")
+    from moe_keras import dispatch
     from moe_keras.dispatch import expert_loop
 
     shipped = expert_loop.LOOP_PLATFORMS
+    looped_calls = []
+    map_experts = dispatch.map_experts
+    monkeypatch.setattr(dispatch, "map_experts", lambda *a: looped_calls.append(1) or map_experts(*a))
     bench = load_script("benchmarks/bench_expert_loop.py")
     record = bench.main(["--quick", "--json", str(tmp_path / "loop.json")])
     assert expert_loop.LOOP_PLATFORMS == shipped
+    assert looped_calls
     (row,) = json.loads((tmp_path / "loop.json").read_text())["rows"]
     assert row == json.loads(json.dumps(record["rows"][0]))
-    assert (row["n"], row["k"]) == (4, 2) and row["busiest_over_mean"] >= 1.0
+    assert (row["n"], row["k"]) == (8, 2) and row["busiest_over_mean"] >= 1.0
     assert len(row["loop_ms"]) == len(row["batched_ms"]) == 1 and row["loop_ms"][0] > 0
+
+
+def test_expert_loop_benchmark_train_loops_in_training_and_restores_the_rule(tmp_path, monkeypatch):
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the loop is JAX's")
+    from moe_keras import dispatch
+
+    shipped = dispatch.loops_over_experts
+    looped_calls = []
+    map_experts = dispatch.map_experts
+    monkeypatch.setattr(dispatch, "map_experts", lambda *a: looped_calls.append(1) or map_experts(*a))
+    bench = load_script("benchmarks/bench_expert_loop.py")
+    record = bench.main(["--quick", "--train", "--json", str(tmp_path / "loop.json")])
+    assert dispatch.loops_over_experts is shipped and not shipped(True)
+    # Traced once for the looped train step (and not for the batched one).
+    assert looped_calls
+    assert record["config"]["train"] is True and record["rows"][0]["loop_ms"][0] > 0
 
 
 def test_expert_loop_table_from_a_handmade_record():

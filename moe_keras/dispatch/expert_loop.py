@@ -8,7 +8,9 @@ experts, each running its whole MLP on its own `(C, d)` rows, does not: a
 batched time through the loop at n=256, k=2, and 0.86-0.88 at k=2 for n=8
 and 64; it lost about a tenth at k=1 for n=8 and 256
 (`benchmarks/results/expert_loop_cpu_jax.json`, the table in
-`benchmarks/README.md`). Inference only: training keeps the batched einsum.
+`benchmarks/README.md`). Inference only: in a train step the loop took
+0.94-1.20 of the einsum's time, below 0.95 only at one rung of n=256, k=2
+(`benchmarks/results/expert_loop_train_cpu_jax*.json`).
 """
 
 import keras

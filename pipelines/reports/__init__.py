@@ -917,11 +917,15 @@ def imbalance(records: Records) -> str:
 
 
 EXPERT_LOOP_RECORD = f"{BENCH}/expert_loop_cpu_jax.json"
+# Train steps: every n in one build, and the peer benchmark's build (n in
+# 8, 64, 256), whose n=256, k=2 router takes a larger rung.
+EXPERT_LOOP_TRAIN_RECORDS = (f"{BENCH}/expert_loop_train_cpu_jax.json",
+                             f"{BENCH}/expert_loop_train_cpu_jax_rung64.json")
 
 
 def expert_loop_table(run: dict) -> str:
-    """`benchmarks/bench_expert_loop.py`'s record: predict with the experts
-    one at a time against the batched einsum, pass by pass."""
+    """`benchmarks/bench_expert_loop.py`'s record: the experts one at a
+    time against the batched einsum, pass by pass."""
     table = [[r["n"], r["k"], _f(r["busiest_over_mean"], 2), _spread(r["loop_ms"]), _spread(r["batched_ms"]),
               _spread([loop / batched for loop, batched in zip(r["loop_ms"], r["batched_ms"])])]
              for r in run["rows"]]
@@ -929,17 +933,24 @@ def expert_loop_table(run: dict) -> str:
                           table)
 
 
+def _expert_loop_heading(run: dict, path: str) -> str:
+    config = run["config"]
+    what = "train step" if config.get("train") else "inference"
+    return (f"**JAX, {what}** (`{path}`; tokens ({config['batch']}, {config['seq']}, "
+            f"{config['features']}), expert hidden {config['hidden']}; {run['machine']['cpu_count']} CPU cores, "
+            f"{run['machine']['accelerator'] or 'no accelerator'}; 1-minute load average {run['load_average'][0]:.1f} "
+            f"at the end). Median over {config['repeats']} interleaved passes of the median of {config['steps']} "
+            f"calls, range in brackets.")
+
+
 @report_block("benchmarks/README.md", "expert-loop")
 def expert_loop(records: Records) -> str:
-    if not records.glob(EXPERT_LOOP_RECORD):
-        return f"Not measured yet (`{EXPERT_LOOP_RECORD}`)."
-    run = records.json(EXPERT_LOOP_RECORD)
-    config = run["config"]
-    return (f"**JAX, inference** (`{EXPERT_LOOP_RECORD}`; tokens ({config['batch']}, {config['seq']}, "
-            f"{config['features']}), expert hidden {config['hidden']}; {run['machine']['cpu_count']} CPU cores, "
-            f"{run['machine']['accelerator'] or 'no accelerator'}; 1-minute load average {run['load_average'][0]:.1f} at the end). Median over "
-            f"{config['repeats']} interleaved passes of the median of {config['steps']} calls, range in brackets.\n\n"
-            f"{expert_loop_table(run)}")
+    parts = []
+    for path in (EXPERT_LOOP_RECORD, *EXPERT_LOOP_TRAIN_RECORDS):
+        if records.glob(path):
+            run = records.json(path)
+            parts.append(f"{_expert_loop_heading(run, path)}\n\n{expert_loop_table(run)}")
+    return "\n\n".join(parts) or f"Not measured yet (`{EXPERT_LOOP_RECORD}`)."
 
 
 # Examples (reports/records/examples/*.json, written by examples/*.py) ---------
