@@ -326,3 +326,42 @@ def test_expert_loop_table_from_a_handmade_record():
     # Ratios pass by pass: 0.5 and 1.0, median 0.75.
     assert "| 256 | 2 | 1.53 | 45.00 (40.00-50.00) | 70.00 (40.00-100.00) | 0.75 (0.50-1.00) |" in expert_loop_table(
         {"rows": [row]})
+
+
+def test_einsum_profile_quick_times_both_ways(tmp_path):
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the loop is JAX's")
+    bench = load_script("benchmarks/profile_einsum_jax.py")
+    bench.main(["--quick", "--json", str(tmp_path / "einsum.json")])
+    rows = json.loads((tmp_path / "einsum.json").read_text())["rows"]
+    assert [(r["n"], r["rows"]) for r in rows] == [(4, 8), (4, 16)]
+    # 4 experts x 8 rows x (8 -> 12 -> 8): two matmuls of 2 * 8 * 12 FLOPs per row.
+    assert rows[0]["gflop"] == pytest.approx(4 * 8 * 4 * 8 * 12 / 1e9)
+    assert all(r["batched_ms"][0] > 0 and r["loop_ms"][0] > 0 for r in rows)
+
+
+def test_einsum_profile_loop_and_batched_compute_the_same_mlp():
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the loop is JAX's")
+    from moe_keras.dispatch.expert_loop import map_experts
+
+    bench = load_script("benchmarks/profile_einsum_jax.py")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 4)).astype("float32")
+    weights = {"w1": rng.normal(size=(3, 4, 6)).astype("float32"), "w2": rng.normal(size=(3, 6, 4)).astype("float32")}
+    expected = np.stack([np.maximum(x[e] @ weights["w1"][e], 0) @ weights["w2"][e] for e in range(3)])
+    np.testing.assert_allclose(np.asarray(bench.batched_mlp(x, weights)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(map_experts(bench.expert_mlp, x, weights)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_einsum_profile_table_from_a_handmade_record():
+    from pipelines.reports import einsum_profile_table
+
+    row = {"n": 256, "rows": 52, "gflop": 2.0, "batched_ms": [80.0, 100.0, 70.0], "loop_ms": [20.0, 20.0, 35.0]}
+    # Median batched 80 ms -> 2 GFLOP / 0.08 s = 25 GFLOP/s; ratios 0.25, 0.2, 0.5 -> median 0.25.
+    assert "| 256 | 52 | 80.00 (70.00-100.00) | 25 | 20.00 (20.00-35.00) | 0.25 (0.20-0.50) |" in einsum_profile_table(
+        {"rows": [row]})

@@ -953,6 +953,36 @@ def expert_loop(records: Records) -> str:
     return "\n\n".join(parts) or f"Not measured yet (`{EXPERT_LOOP_RECORD}`)."
 
 
+EINSUM_PROFILE_RECORD = f"{BENCH}/profile_einsum_cpu_jax.json"
+
+
+def einsum_profile_table(run: dict) -> str:
+    """`benchmarks/profile_einsum_jax.py`'s record: the experts' MLP as one
+    batched einsum and as a loop, by experts and rows per expert."""
+    table = []
+    for r in run["rows"]:
+        batched = statistics.median(r["batched_ms"])
+        table.append([r["n"], r["rows"], _spread(r["batched_ms"]), f"{r['gflop'] / batched * 1000:.0f}",
+                      _spread(r["loop_ms"]),
+                      _spread([loop / b for loop, b in zip(r["loop_ms"], r["batched_ms"])])])
+    return markdown_table(["n", "rows per expert C", "batched einsum ms", "batched GFLOP/s", "loop ms",
+                           "loop over batched"], table)
+
+
+@report_block("benchmarks/README.md", "profile-einsum")
+def einsum_profile(records: Records) -> str:
+    if not records.glob(EINSUM_PROFILE_RECORD):
+        return f"Not measured yet (`{EINSUM_PROFILE_RECORD}`)."
+    run = records.json(EINSUM_PROFILE_RECORD)
+    config = run["config"]
+    return (f"**JAX, forward** (`{EINSUM_PROFILE_RECORD}`; experts of {config['features']} -> {config['hidden']} "
+            f"-> {config['features']}; {run['machine']['cpu_count']} CPU cores, "
+            f"{run['machine']['accelerator'] or 'no accelerator'}; 1-minute load average "
+            f"{run['load_average'][0]:.1f} at the end). Median over {config['repeats']} interleaved passes of the "
+            f"median of {config['steps']} calls, range in brackets; GFLOP/s from the median.\n\n"
+            f"{einsum_profile_table(run)}")
+
+
 # Examples (reports/records/examples/*.json, written by examples/*.py) ---------
 
 
