@@ -278,18 +278,26 @@ def test_input_pipeline_benchmark_quick_times_both_inputs(tmp_path):
     assert "1 timed rounds after the first" in bench.table(record)
 
 
-def test_expert_loop_benchmark_quick_times_both_ways(tmp_path, monkeypatch):
+@pytest.fixture
+def looped_calls(monkeypatch):
+    """Records each trace of `moe_keras.dispatch.map_experts`, the experts'
+    loop, while the test runs."""
+    from moe_keras import dispatch
+
+    calls = []
+    map_experts = dispatch.map_experts
+    monkeypatch.setattr(dispatch, "map_experts", lambda *a: calls.append(1) or map_experts(*a))
+    return calls
+
+
+def test_expert_loop_benchmark_quick_times_both_ways(tmp_path, looped_calls):
     import keras
 
     if keras.backend.backend() != "jax":
         pytest.skip("the loop is JAX's")
-    from moe_keras import dispatch
     from moe_keras.dispatch import expert_loop
 
     shipped = expert_loop.LOOP_PLATFORMS
-    looped_calls = []
-    map_experts = dispatch.map_experts
-    monkeypatch.setattr(dispatch, "map_experts", lambda *a: looped_calls.append(1) or map_experts(*a))
     bench = load_script("benchmarks/bench_expert_loop.py")
     record = bench.main(["--quick", "--json", str(tmp_path / "loop.json")])
     assert expert_loop.LOOP_PLATFORMS == shipped
@@ -300,7 +308,7 @@ def test_expert_loop_benchmark_quick_times_both_ways(tmp_path, monkeypatch):
     assert len(row["loop_ms"]) == len(row["batched_ms"]) == 1 and row["loop_ms"][0] > 0
 
 
-def test_expert_loop_benchmark_train_loops_in_training_and_restores_the_rule(tmp_path, monkeypatch):
+def test_expert_loop_benchmark_train_loops_in_training_and_restores_the_rule(tmp_path, looped_calls):
     import keras
 
     if keras.backend.backend() != "jax":
@@ -308,9 +316,6 @@ def test_expert_loop_benchmark_train_loops_in_training_and_restores_the_rule(tmp
     from moe_keras import dispatch
 
     shipped = dispatch.loops_over_experts
-    looped_calls = []
-    map_experts = dispatch.map_experts
-    monkeypatch.setattr(dispatch, "map_experts", lambda *a: looped_calls.append(1) or map_experts(*a))
     bench = load_script("benchmarks/bench_expert_loop.py")
     record = bench.main(["--quick", "--train", "--json", str(tmp_path / "loop.json")])
     assert dispatch.loops_over_experts is shipped and not shipped(True)
