@@ -19,7 +19,6 @@ loop does not apply.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -31,6 +30,7 @@ if ROOT not in sys.path:
 
 from benchmarks.peer_shapes import add_shape_arguments  # noqa: E402
 from benchmarks.peer_shapes import resolve_shape_arguments  # noqa: E402
+from benchmarks.timing import median_ms  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,14 +60,7 @@ def call_ms(model, x, looped, steps, warmup, train=False):
         else:
             model.make_predict_function(force=True)
             call = lambda: model.predict_on_batch(x)  # noqa: E731
-        for _ in range(warmup):
-            call()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+        return median_ms(call, steps, warmup)
     finally:
         expert_loop.LOOP_PLATFORMS = shipped_platforms
         dispatch.loops_over_experts = shipped_rule

@@ -33,6 +33,12 @@ import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.timing import median_ms  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -82,15 +88,11 @@ def compile_grad(function):
 
 
 def timed_ms(call, steps):
+    """Median ms of `call()`, which returns a list whose first item is read
+    back to wait for it, after one warm-up call."""
     import keras
 
-    keras.ops.convert_to_numpy(call()[0])
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        keras.ops.convert_to_numpy(call()[0])
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: keras.ops.convert_to_numpy(call()[0]), steps, warmup=1)
 
 
 def grouped_rows(args):

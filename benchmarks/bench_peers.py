@@ -42,7 +42,6 @@ time plus what these add over the Dense FFN's own weights.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -54,6 +53,7 @@ if ROOT not in sys.path:
 
 from benchmarks.peer_shapes import add_shape_arguments  # noqa: E402
 from benchmarks.peer_shapes import resolve_shape_arguments  # noqa: E402
+from benchmarks.timing import median_ms  # noqa: E402
 
 MODELS = ("dense_ffn", "dense_ffn_graph", "moe_default", "moe_cf1.25", "keras_hub_mixtral")
 
@@ -209,17 +209,6 @@ def weight_floor_calls(model):
         return tf.add_n([tf.reduce_sum(w) for w in weights])
 
     return lambda: update(), lambda: total().numpy()
-
-
-def median_ms(call, steps, warmup):
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def run(args):

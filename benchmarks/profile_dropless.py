@@ -37,6 +37,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import median_ms  # noqa: E402
+
 PIECES = ("dense_ffn", "layer", "route", "sort_plan_gather", "experts_on_buffers", "mixture", "plain_matmuls")
 
 
@@ -57,19 +59,6 @@ def parse_args(argv=None):
         args.steps, args.repeats = 2, 1
     args.experts = [int(v) for v in args.experts.split(",")]
     return args
-
-
-def median_ms(function, args, steps):
-    import tensorflow as tf
-
-    for _ in range(3):
-        function(*args)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        tf.nest.flatten(function(*args))[0].numpy()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def pieces(num_experts, args):
@@ -126,13 +115,17 @@ def pieces(num_experts, args):
 
 
 def run(args):
+    import tensorflow as tf
+
     cases = {n: pieces(n, args) for n in args.experts}
     rows = {n: {piece: [] for piece in PIECES} for n in args.experts}
     for _ in range(args.repeats):
         for n, (functions, _) in cases.items():
             for piece in PIECES:
                 function, inputs = functions[piece]
-                rows[n][piece].append(median_ms(function, inputs, args.steps))
+                # Reading one output back waits for the graph to finish.
+                call = lambda: tf.nest.flatten(function(*inputs))[0].numpy()  # noqa: E731
+                rows[n][piece].append(median_ms(call, args.steps, warmup=3))
     return [{"n": n, "k": args.topk, "buffer_shape": cases[n][1], **rows[n]} for n in args.experts]
 
 

@@ -12,7 +12,6 @@ passes interleave the rows.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -22,6 +21,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.timing import median_ms  # noqa: E402
 
 WAYS = ("batched_ms", "loop_ms")
 
@@ -61,19 +62,6 @@ def batched_mlp(buffers, weights):
     return jnp.einsum("eth,ehd->etd", hidden, weights["w2"])
 
 
-def median_ms(function, *operands, steps):
-    import jax
-
-    for _ in range(2):
-        jax.block_until_ready(function(*operands))
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(function(*operands))
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def run(args):
     import jax
     import jax.numpy as jnp
@@ -98,7 +86,8 @@ def run(args):
     for _ in range(args.repeats):
         for (n, rows), operands in cases.items():
             for way in WAYS:
-                passes[(n, rows)][way].append(median_ms(functions[way], *operands, steps=args.steps))
+                passes[(n, rows)][way].append(median_ms(
+                    lambda: jax.block_until_ready(functions[way](*operands)), args.steps, warmup=2))
             print(f"n={n:<4d} C={rows:<4d} " + "  ".join(
                 f"{way} {passes[(n, rows)][way][-1]:7.1f}" for way in WAYS), flush=True)
     return [{"n": n, "rows": rows, "gflop": 4 * n * rows * args.features * args.hidden / 1e9,

@@ -12,28 +12,25 @@ FLOPs are the same at every `n` but whose weights grow with it. Medians of
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import median_ms  # noqa: E402
 from moe_keras import dispatch  # noqa: E402
 from moe_keras import routing  # noqa: E402
 
 
-def median_ms(function, *args, runs=20):
+def jitted_ms(function, *args, runs=20):
+    """Median ms of `runs` calls of `function` jitted, after three warm-up calls."""
     function = jax.jit(function)
-    for _ in range(3):
-        jax.block_until_ready(function(*args))
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(function(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return median_ms(lambda: jax.block_until_ready(function(*args)), runs, warmup=3)
 
 
 def expert_matmuls_loss(kernel_in, kernel_out, slots):
@@ -61,21 +58,21 @@ def profile(tokens, features, num_experts, top_k, hidden):
     kernel_in = 0.05 * rng.normal(size=(num_experts, features, hidden)).astype("float32")
     kernel_out = 0.05 * rng.normal(size=(num_experts, hidden, features)).astype("float32")
     return {
-        "router fwd+bwd": median_ms(jax.grad(router_loss, argnums=(0, 1)), kernel, x),
-        "top-k": median_ms(
+        "router fwd+bwd": jitted_ms(jax.grad(router_loss, argnums=(0, 1)), kernel, x),
+        "top-k": jitted_ms(
             lambda p: routing.top_k_routing(p, top_k, None, normalize), probabilities
         ),
-        "capacity ranks": median_ms(
+        "capacity ranks": jitted_ms(
             lambda i: routing.assign_capacity(i, num_experts, capacity), indices
         ),
-        "dispatch plan": median_ms(
+        "dispatch plan": jitted_ms(
             lambda i, p, k: dispatch.sparse_dispatch_plan(i, p, k, num_experts, capacity),
             indices, positions, keep,
         ),
-        "gather fwd+bwd": median_ms(
+        "gather fwd+bwd": jitted_ms(
             jax.grad(lambda x: (dispatch.gather_tokens(x, plan, num_experts) ** 2).sum()), x
         ),
-        "expert matmuls fwd+bwd": median_ms(
+        "expert matmuls fwd+bwd": jitted_ms(
             jax.grad(expert_matmuls_loss, argnums=(0, 1, 2)), kernel_in, kernel_out, slots
         ),
     }
