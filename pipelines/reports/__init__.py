@@ -649,6 +649,11 @@ def _ms(row, metric):
     return "-" if row is None else _spread(row[metric], 0 if statistics.median(row[metric]) >= 100 else 1)
 
 
+def _cores(machine: dict) -> str:
+    """A benchmark record's machine, as its table headings name it."""
+    return f"{machine['cpu_count']} CPU cores, {machine['accelerator'] or 'no accelerator'}"
+
+
 def _load(run: dict) -> str:
     load = run.get("load_average")
     return "not recorded" if not load else f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end"
@@ -754,8 +759,7 @@ def peers(records: Records) -> str:
         parts.append(
             f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** "
             f"(`{path}`; tokens ({config['batch']}, {config['seq']}, {config['features']}), "
-            f"expert hidden {config['hidden']}; {machine['cpu_count']} CPU cores, "
-            f"{machine['accelerator'] or 'no accelerator'}; Keras {versions['keras']}; "
+            f"expert hidden {config['hidden']}; {_cores(machine)}; Keras {versions['keras']}; "
             f"{run['timings']['total_s']:.0f} s in all; load average {_load(run)}). "
             f"Median over {config['repeats']} interleaved passes "
             f"of {config['steps']} timed calls, range in brackets; KerasHub above n={config['peer_max_repeats_experts']} "
@@ -800,9 +804,9 @@ def profile_table(run: dict) -> str:
 
 def _profile_setup(path: str, run: dict) -> str:
     """The record, token shape and machine of a profile record, for its heading."""
-    config, machine = run["config"], run["machine"]
+    config = run["config"]
     return (f"`{path}`; {config['tokens']:,} tokens of {config['features']}, expert hidden {config['hidden']}; "
-            f"{machine['cpu_count']} CPU cores, {machine['accelerator'] or 'no accelerator'}")
+            f"{_cores(run['machine'])}")
 
 
 @report_block("benchmarks/README.md", "profile-dropless")
@@ -937,8 +941,8 @@ def _expert_loop_heading(run: dict, path: str) -> str:
     config = run["config"]
     what = "train step" if config.get("train") else "inference"
     return (f"**JAX, {what}** (`{path}`; tokens ({config['batch']}, {config['seq']}, "
-            f"{config['features']}), expert hidden {config['hidden']}; {run['machine']['cpu_count']} CPU cores, "
-            f"{run['machine']['accelerator'] or 'no accelerator'}; 1-minute load average {run['load_average'][0]:.1f} "
+            f"{config['features']}), expert hidden {config['hidden']}; {_cores(run['machine'])}; "
+            f"1-minute load average {run['load_average'][0]:.1f} "
             f"at the end). Median over {config['repeats']} interleaved passes of the median of {config['steps']} "
             f"calls, range in brackets.")
 
@@ -976,8 +980,7 @@ def einsum_profile(records: Records) -> str:
     run = records.json(EINSUM_PROFILE_RECORD)
     config = run["config"]
     return (f"**JAX, forward** (`{EINSUM_PROFILE_RECORD}`; experts of {config['features']} -> {config['hidden']} "
-            f"-> {config['features']}; {run['machine']['cpu_count']} CPU cores, "
-            f"{run['machine']['accelerator'] or 'no accelerator'}; 1-minute load average "
+            f"-> {config['features']}; {_cores(run['machine'])}; 1-minute load average "
             f"{run['load_average'][0]:.1f} at the end). Median over {config['repeats']} interleaved passes of the "
             f"median of {config['steps']} calls, range in brackets; GFLOP/s from the median.\n\n"
             f"{einsum_profile_table(run)}")
