@@ -1,22 +1,27 @@
-"""Where `MoEDense`'s inference time goes on TensorFlow: the dropless path,
-piece by piece, against the equal-active Dense FFN.
+"""Where `MoEDense`'s time goes on TensorFlow: the dropless path, piece by
+piece, against the equal-active Dense FFN, at inference and in training.
 
 TensorFlow runs MoE layers as plain graphs (no XLA, see
 `moe_keras.dispatch.strategy.supports_xla`) over batches of unknown size,
-so inference takes the `"exact"` engine: one capacity, the busiest
-expert's load, and `(n, capacity, d)` buffers. Each piece is a
-`tf.function` over an input of unknown batch size, like `predict`'s graph,
-timed as the median of `--steps` calls after 3 warm-up calls:
+and its dropless engine is the sorted rows: every expert runs its MLP on
+exactly its own rows (`moe_keras.dispatch.expert_loop.map_groups`). Each
+piece is a `tf.function` over inputs of unknown batch size, like
+`predict`'s graph, timed as the median of `--steps` calls after 3 warm-up
+calls; `train` times the same piece with the gradients of
+`sum(outputs * upstream)` with respect to its float inputs and the
+weights it reads (the router's in `route`), as a train step takes them:
 
 * `dense_ffn`: `Dense(hidden * k, relu) -> Dense(features)`;
 * `layer`: the whole `MoEDense(features, n, top_k=k, expert_hidden=hidden)`
-  call at inference;
+  call (in training with its balancing loss);
 * `route`: router logits, softmax and top-k (`MoELayer.route`);
-* `sort_plan_gather`: the sort by expert, the dispatch plan and the gather
-  into buffers;
-* `experts_on_buffers`: the experts' two batched matmuls on those buffers;
-* `combine`: gathering every token's k outputs back and mixing them, timed
-  as the whole mixture minus `sort_plan_gather` and `experts_on_buffers`;
+* `sort_permute`: the sort by expert, the row plan and the gather of every
+  token choice into rows sorted by expert;
+* `experts_on_rows`: the experts' MLPs on those rows;
+* `mixture`: the whole mixture of routed tokens, from the sort to
+  gathering every token's k outputs back and mixing them (its pieces
+  overlap: TensorFlow runs independent ops side by side, so they need not
+  add up);
 * `plain_matmuls`: the same FLOPs as the experts without experts: one
   `relu(rows @ W1) @ W2` over the `T * k` rows.
 
@@ -39,7 +44,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.timing import median_ms  # noqa: E402
 
-PIECES = ("dense_ffn", "layer", "route", "sort_plan_gather", "experts_on_buffers", "mixture", "plain_matmuls")
+PIECES = ("dense_ffn", "layer", "route", "sort_permute", "experts_on_rows", "mixture", "plain_matmuls")
+MODES = ("predict", "train")
 
 
 def parse_args(argv=None):
@@ -61,14 +67,40 @@ def parse_args(argv=None):
     return args
 
 
-def pieces(num_experts, args):
-    """`{piece: (function, inputs)}` for one expert count, on one layer."""
+def graph(function, inputs, train, variables=()):
+    """`function` over `inputs` of unknown batch size as one `tf.function`;
+    with `train`, returning the gradients of `sum(outputs * upstream)` with
+    respect to the float inputs and `variables` instead of the outputs."""
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec([None, *value.shape[1:]], value.dtype) for value in inputs]
+    if not train:
+        return tf.function(function, input_signature=specs)
+
+    def upstream(output):
+        # A fixed upstream gradient that differs element by element.
+        return tf.reshape(tf.sin(tf.cast(tf.range(tf.size(output)), output.dtype)), tf.shape(output))
+
+    def gradients(*values):
+        floats = [value for value in values if value.dtype.is_floating]
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            outputs = [o for o in tf.nest.flatten(function(*values)) if o.dtype.is_floating]
+            loss = tf.add_n([tf.reduce_sum(o * upstream(o)) for o in outputs])
+        return tape.gradient(loss, floats + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return tf.function(gradients, input_signature=specs)
+
+
+def pieces(num_experts, args, train):
+    """`{piece: (function, inputs)}` for one expert count, on one layer, and
+    the busiest expert's load over the mean."""
     import keras
     import tensorflow as tf
 
     from moe_keras import MoEDense
-    from moe_keras.dispatch import capacity as capacity_lib
     from moe_keras.dispatch import dropless
+    from moe_keras.dispatch import grouped
 
     keras.utils.set_random_seed(0)
     n, k, d, h = num_experts, args.topk, args.features, args.hidden
@@ -77,10 +109,7 @@ def pieces(num_experts, args):
     layer.build((None, d))
     ffn = keras.Sequential([keras.Input((d,)), keras.layers.Dense(h * k, activation="relu"),
                             keras.layers.Dense(d)])
-
-    def graph(function, *inputs):
-        specs = [tf.TensorSpec([None, *value.shape[1:]], value.dtype) for value in inputs]
-        return tf.function(function, input_signature=specs), inputs
+    experts = [layer.experts[name] for name in sorted(layer.experts)]
 
     def route(x):
         routed = layer.route(x, training=False)
@@ -88,45 +117,54 @@ def pieces(num_experts, args):
 
     indices, weights = [tf.constant(v) for v in tf.function(route)(x)]
 
-    def plan(indices):
+    def sorted_rows(x, indices):
         choices = dropless.sort_by_expert(indices, n)
-        return choices, dropless.sorted_dispatch_plan(choices, indices, n, tf.reduce_max(choices.group_sizes))
+        plan = grouped.row_plan(choices, indices, n)
+        return choices, plan, grouped.permute(x, plan, k)
 
-    def sort_plan_gather(x, indices):
-        return capacity_lib.gather_tokens(x, plan(indices)[1], n)
+    def sort_permute(x, indices):
+        return sorted_rows(x, indices)[2]
 
     def mixture(x, indices, weights):
-        choices, dispatch = plan(indices)
-        outputs = layer._run_experts(layer.experts, capacity_lib.gather_tokens(x, dispatch, n))
-        return capacity_lib.combine_slots(outputs, dispatch, weights, choices.valid)
+        choices, plan, rows = sorted_rows(x, indices)
+        return grouped.unpermute(layer._run_grouped(rows, plan), plan, weights, choices.valid)
 
-    buffers = tf.constant(tf.function(sort_plan_gather)(x, indices))
-    rows = tf.constant(np.random.default_rng(1).normal(size=(args.tokens * k, d)).astype("float32"))
-    first, second = (tf.constant(layer.experts[name][0].numpy()) for name in ("hidden_kernel", "kernel"))
-    return {
-        "dense_ffn": graph(lambda x: ffn(x), x),
-        "layer": graph(lambda x: layer(x, training=False), x),
-        "route": graph(route, x),
-        "sort_plan_gather": graph(sort_plan_gather, x, indices),
-        "experts_on_buffers": graph(lambda b: layer._run_experts(layer.experts, b), buffers),
-        "mixture": graph(mixture, x, indices, weights),
-        "plain_matmuls": graph(lambda r: tf.matmul(tf.nn.relu(tf.matmul(r, first)), second), rows),
-    }, list(buffers.shape)
+    _, plan, rows = tf.function(sorted_rows)(x, indices)
+    group_sizes = tf.constant(plan.group_sizes)
+    rows = tf.constant(rows)
+    plain_rows = tf.constant(np.random.default_rng(1).normal(size=(args.tokens * k, d)).astype("float32"))
+    first, second = (tf.Variable(layer.experts[name][0].numpy()) for name in ("hidden_kernel", "kernel"))
+    counts = group_sizes.numpy()
+    functions = {
+        "dense_ffn": (lambda x: ffn(x), [x], ffn.trainable_variables),
+        "layer": (lambda x: layer(x, training=train), [x], layer.trainable_variables),
+        "route": (route, [x], [layer.router_kernel]),
+        "sort_permute": (sort_permute, [x, indices], []),
+        "experts_on_rows": (
+            lambda r: layer._run_grouped(r, plan._replace(group_sizes=group_sizes)), [rows], experts),
+        "mixture": (mixture, [x, indices, weights], experts),
+        "plain_matmuls": (lambda r: tf.matmul(tf.nn.relu(tf.matmul(r, first)), second), [plain_rows],
+                          [first, second]),
+    }
+    compiled = {piece: (graph(f, inputs, train, variables), inputs)
+                for piece, (f, inputs, variables) in functions.items()}
+    return compiled, float(counts.max() / counts.mean())
 
 
 def run(args):
     import tensorflow as tf
 
-    cases = {n: pieces(n, args) for n in args.experts}
-    rows = {n: {piece: [] for piece in PIECES} for n in args.experts}
+    cases = {(n, mode): pieces(n, args, mode == "train") for n in args.experts for mode in MODES}
+    rows = {case: {piece: [] for piece in PIECES} for case in cases}
     for _ in range(args.repeats):
-        for n, (functions, _) in cases.items():
+        for case, (functions, _) in cases.items():
             for piece in PIECES:
                 function, inputs = functions[piece]
                 # Reading one output back waits for the graph to finish.
                 call = lambda: tf.nest.flatten(function(*inputs))[0].numpy()  # noqa: E731
-                rows[n][piece].append(median_ms(call, args.steps, warmup=3))
-    return [{"n": n, "k": args.topk, "buffer_shape": cases[n][1], **rows[n]} for n in args.experts]
+                rows[case][piece].append(median_ms(call, args.steps, warmup=3))
+    return [{"n": n, "k": args.topk, "mode": mode, "busiest_over_mean": cases[n, mode][1], **rows[n, mode]}
+            for n, mode in cases]
 
 
 def main(argv=None):
@@ -138,7 +176,8 @@ def main(argv=None):
     start = time.perf_counter()
     rows = run(args)
     for row in rows:
-        print(f"n={row['n']}: " + ", ".join(f"{p} {statistics.median(row[p]):.2f} ms" for p in PIECES))
+        print(f"n={row['n']} {row['mode']}: "
+              + ", ".join(f"{p} {statistics.median(row[p]):.2f} ms" for p in PIECES))
     return records.benchmark_record(args, start, rows, keras.backend.backend())
 
 

@@ -12,6 +12,8 @@ from moe_keras import routing
 
 from conftest import gradients
 
+ROWS_DEFAULT = dispatch.ROWS_MIN_IMBALANCE
+
 
 def np_(x):
     return ops.convert_to_numpy(x)
@@ -72,16 +74,6 @@ def bucket_engine(tokens, kernels, weights, indices, mask=None):
         kernels.shape[0], capacities)
 
 
-def exact_engine(tokens, kernels, weights, indices, mask=None):
-    """One capacity, the busiest expert's load (TensorFlow graphs)."""
-    choices = dispatch.sort_by_expert(indices, kernels.shape[0], mask)
-    capacity = ops.maximum(ops.max(choices.group_sizes), 1)
-    return dispatch.bucketed_mixture(
-        tokens, indices, weights, choices,
-        lambda buffers, layout: ops.einsum("etd,edu->etu", buffers, kernels),
-        kernels.shape[0], [capacity])
-
-
 def grouped_engine(tokens, kernels, weights, indices, mask=None):
     """Linear experts through sorted rows and the grouped matmul."""
     choices = dispatch.sort_by_expert(indices, kernels.shape[0], mask)
@@ -111,7 +103,7 @@ def inference_engine(tokens, kernels, weights, indices, mask=None):
         token_mask=mask, rematerialize=False)
 
 
-ENGINES = [bucket_engine, exact_engine, grouped_engine, strategy_engine, inference_engine]
+ENGINES = [bucket_engine, grouped_engine, strategy_engine, inference_engine]
 CASES = {
     "spread": {},
     # Expert 0 takes every token's first choice; with k=1 the other five
@@ -142,8 +134,9 @@ def test_engines_give_masked_tokens_nothing(engine):
     assert np.all(got[[0, 5, 6, 23]] == 0)
 
 
-def compiled(function):
-    """`function` compiled by the backend (XLA where it has it)."""
+def compiled(function, xla=True):
+    """`function` compiled by the backend (XLA where it has it, unless
+    `xla=False` on TensorFlow)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -153,7 +146,7 @@ def compiled(function):
         import tensorflow as tf
 
         # Static shapes, as XLA sees them inside a model traced per shape.
-        return tf.function(function, jit_compile=True)
+        return tf.function(function, jit_compile=xla)
     pytest.skip(f"no compiler for the {backend} backend")
 
 
@@ -161,7 +154,11 @@ def compiled(function):
 def test_engines_compiled_equal_eager(engine):
     tokens, kernels, weights, indices = problem(3, skew=2, k=2)
     eager = np_(engine(tokens, kernels, weights, indices))
-    jitted = np_(compiled(engine)(tokens, kernels, weights, indices))
+    # TensorFlow's sorted rows split by group sizes known only at run time,
+    # which XLA cannot compile; the layers opt out of XLA there
+    # (`strategy.supports_xla`), so they run in a plain graph.
+    xla = not (engine is grouped_engine and dispatch.loops_over_groups())
+    jitted = np_(compiled(engine, xla)(tokens, kernels, weights, indices))
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(eager, reference_mixture(tokens, kernels, weights, indices), rtol=1e-4, atol=1e-4)
 
@@ -254,6 +251,20 @@ def test_block_grouped_matmul_gradients(product, sizes):
         np.testing.assert_allclose(np_(jitted[1]), expected_kernels, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sizes", GROUP_SIZES.values(), ids=GROUP_SIZES.keys())
+def test_grouped_matmul_gradients(sizes):
+    # This backend's own kernel (on TensorFlow each group's rows split off).
+    sizes = np.array(sizes, "int32")
+    rows, kernels, upstream, expected_rows, expected_kernels = grouped_gradients_problem(sizes)
+
+    def loss(rows, kernels):
+        return ops.sum(ops.multiply(dispatch.grouped_matmul(rows, kernels, sizes), upstream))
+
+    got_rows, got_kernels = gradients(loss, rows, kernels)
+    np.testing.assert_allclose(got_rows, expected_rows, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_kernels, expected_kernels, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "mode,n,k,factor,expected",
     [
@@ -296,13 +307,17 @@ def test_imbalanced_calls_go_to_the_sorted_rows(monkeypatch, case, rows):
     assert (busiest > dispatch.ROWS_MIN_IMBALANCE * mean) == rows
     got = np_(strategy_engine(tokens, kernels, weights, indices))
     np.testing.assert_allclose(got, reference_mixture(tokens, kernels, weights, indices), rtol=1e-4, atol=1e-4)
+    if dispatch.loops_over_groups():
+        # TensorFlow runs every call on the sorted rows, with no ladder.
+        assert taken == []
+        return
     ((index, branches),) = taken
     # The sorted rows are the last branch, after the rungs up to 2x the mean.
     assert (index == branches - 1) == rows
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_unknown_batch_size_graph_picks_the_engine_at_run_time(case):
+def test_unknown_batch_size_graph_equals_the_per_token_mixture(case):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("only TensorFlow traces batches of unknown size")
     import tensorflow as tf
@@ -317,7 +332,7 @@ def test_unknown_batch_size_graph_picks_the_engine_at_run_time(case):
     np.testing.assert_allclose(got, reference_mixture(tokens, kernels, weights, indices), rtol=1e-4, atol=1e-4)
 
 
-def _adam_trained_weights(monkeypatch, bound):
+def _adam_trained_weights(monkeypatch, mode, bound=ROWS_DEFAULT):
     from moe_keras import MoEDense
     from moe_keras.dispatch import strategy
 
@@ -328,7 +343,8 @@ def _adam_trained_weights(monkeypatch, bound):
     y = rng.normal(size=(48, 1)).astype("float32")
     model = keras.Sequential([
         keras.Input((6,)),
-        MoEDense(4, num_experts=8, top_k=2, expert_hidden=5, switch_loss_weight=0.0, seed=1),
+        MoEDense(4, num_experts=8, top_k=2, expert_hidden=5, switch_loss_weight=0.0, seed=1,
+                 dispatch=mode),
         keras.layers.Dense(1),
     ])
     model.compile(keras.optimizers.Adam(0.05), "mse")
@@ -336,14 +352,18 @@ def _adam_trained_weights(monkeypatch, bound):
     return model.get_weights()
 
 
-def test_training_through_sorted_rows_equals_training_through_buffers(monkeypatch):
+# 1e-3: every call on sorted rows; 1e9: every call on buffers (TensorFlow
+# runs all on sorted rows).
+@pytest.mark.parametrize("bound", [1e-3, 1e9], ids=["rows", "buffers"])
+def test_dropless_training_equals_dense_training(monkeypatch, bound):
     # Adam with a large rate turns any difference in how the engines'
-    # gradients reach the optimizer into a visible one: TensorFlow's
-    # gather gradient (IndexedSlices) is applied as a sparse update, in
-    # which the experts a step does not touch keep their moments.
-    rows = _adam_trained_weights(monkeypatch, 1e-3)  # every call on sorted rows
-    buffers = _adam_trained_weights(monkeypatch, 1e9)  # every call on buffers
-    for got, expected in zip(rows, buffers):
+    # gradients reach the optimizer into a visible one: a gather gradient
+    # on TensorFlow (IndexedSlices) is applied as a sparse update, in which
+    # the experts a step does not touch keep their moments, while dense
+    # dispatch gives every expert a dense gradient.
+    sparse = _adam_trained_weights(monkeypatch, "sparse", bound)
+    dense = _adam_trained_weights(monkeypatch, "dense")
+    for got, expected in zip(sparse, dense):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -427,3 +447,12 @@ def test_accelerator_path_equals_dense_dispatch_in_values_and_gradients(accelera
         np.testing.assert_allclose(np_(engine(tokens, kernels, weights, indices, mask)), expected,
                                    rtol=1e-4, atol=1e-4)
     assert_gradients_equal_dense_dispatch(strategy_engine, tokens, kernels, weights, indices)
+
+
+def test_the_buckets_refuse_a_token_count_unknown_when_traced():
+    if dispatch.loops_over_groups():
+        pytest.skip("TensorFlow runs the sorted rows, which take any token count")
+    if dispatch.dropless_engine(24) != "buckets":
+        pytest.skip("this device's engine is the sorted rows")
+    with pytest.raises(ValueError, match="static number of tokens"):
+        dispatch.dropless_engine(ops.convert_to_tensor(24))

@@ -1,11 +1,12 @@
-"""Moving tokens to their experts and back, with static shapes.
+"""Moving tokens to their experts and back.
 
 One module per strategy: `dense` (every expert on every token), `capacity`
 (capacity-bounded buffers), `dropless` (the bucketed-capacity engine and the
 sort that ranks choices within experts), `grouped` (sorted rows and the
-grouped matmul); `expert_loop` runs stacked experts one at a time where
-that is faster; `gather` holds the row gathers whose gradients are gathers;
-`strategy` is the one place that picks among them.
+grouped matmul); `expert_loop` runs the experts one at a time, on stacked
+buffers or on sorted rows, where that is faster; `gather` holds the row
+gathers whose gradients are gathers; `strategy` is the one place that picks
+among them.
 """
 
 from moe_keras.dispatch.capacity import DispatchPlan
@@ -20,7 +21,9 @@ from moe_keras.dispatch.dropless import bucketed_mixture
 from moe_keras.dispatch.dropless import sort_by_expert
 from moe_keras.dispatch.dropless import sorted_dispatch_plan
 from moe_keras.dispatch.expert_loop import loops_over_experts
+from moe_keras.dispatch.expert_loop import loops_over_groups
 from moe_keras.dispatch.expert_loop import map_experts
+from moe_keras.dispatch.expert_loop import map_groups
 from moe_keras.dispatch.gather import gather_rows
 from moe_keras.dispatch.gather import take_rows
 from moe_keras.dispatch.grouped import RowPlan

@@ -6,8 +6,11 @@ The `T * k` token choices are laid out as rows sorted by expert
 (`unpermute`). Both moves are gathers with gather gradients
 (`gather.gather_rows`), as in MaxText.
 
-`grouped_matmul` has one signature and three kernels:
+`grouped_matmul` has one signature and four kernels:
 
+* TensorFlow: each group's rows split off (`tf.split`) and multiplied by
+  its own kernel (`expert_loop.map_groups`), as dynamic shapes, which
+  TensorFlow's graphs run natively.
 * JAX on a GPU or TPU: `jax.lax.ragged_dot`, a grouped GEMM whose
   gradient is one too. (On CPU XLA expands it to a dense product over all
   groups.)
@@ -27,6 +30,8 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
+from moe_keras.dispatch.expert_loop import loops_over_groups
+from moe_keras.dispatch.expert_loop import map_groups
 from moe_keras.dispatch.gather import gather_rows
 from moe_keras.dispatch.gather import mix_choices
 from moe_keras.dispatch.gather import take_experts
@@ -333,7 +338,13 @@ def grouped_matmul(rows, kernels, group_sizes):
             return jax.lax.ragged_dot(rows, kernels, group_sizes)
     if keras.backend.backend() == "torch" and torch_grouped_mm_runs(rows, kernels):
         return torch_grouped_matmul(rows, kernels, group_sizes)
+    if loops_over_groups():
+        return map_groups(_matmul, rows, group_sizes, {"kernel": kernels})
     return block_grouped_matmul(rows, kernels, group_sizes)
+
+
+def _matmul(rows, weights):
+    return ops.matmul(rows, weights["kernel"])
 
 
 def sorted_mixture(tokens, expert_indices, expert_weights, choices, run_experts, num_experts):

@@ -12,10 +12,11 @@ Three strategies compute the same mixture (`choose_dispatch`):
   capacity factor.
 
 and two dropless engines (`dropless_engine`): the bucketed-capacity ladder,
-portable and fastest on CPU while the router is balanced, and sorted rows
-with a grouped matmul, whose cost stays `T * k` under any imbalance
+portable and fastest on JAX's and PyTorch's CPU while the router is
+balanced, and sorted rows, whose cost stays `T * k` under any imbalance
 (`ROWS_MIN_IMBALANCE` hands imbalanced calls to it) and which is the whole
-engine where a backend grouped-GEMM kernel exists.
+engine on TensorFlow (each expert on its own rows) and where a backend
+grouped-GEMM kernel exists.
 """
 
 import math
@@ -23,6 +24,7 @@ import math
 import keras
 
 from moe_keras.dispatch import dropless
+from moe_keras.dispatch import expert_loop
 from moe_keras.dispatch import grouped
 
 DENSE_MAX_EXPERTS_PER_CHOICE = 2
@@ -50,11 +52,13 @@ ROWS_MIN_IMBALANCE = 2.0
 """The buffer engines hand a call to the sorted rows (`grouped.py`) when the
 busiest expert holds more than this multiple of the mean load `T * k / n`:
 buffers cost `n * busiest` rows, sorted rows `T * k` plus at most
-`n * (block - 1)` of padding whatever the imbalance. Measured on TensorFlow,
-2-core CPU, a `MoEDense(256, expert_hidden=384)` train step at 1,024 and
-4,096 tokens (`benchmarks/results/imbalance_cpu_tf.json`, medians): with a
-spread router (busiest 1.0-1.5x the mean) the buffers took 0.47-0.60 of the
-rows' time; with two of 8 experts taking every token (4x the mean) the rows
+`n * (block - 1)` of padding whatever the imbalance. Measured on TensorFlow
+with the block kernel (TensorFlow now runs each expert on its own rows
+instead, see `dropless_engine`), 2-core CPU, a `MoEDense(256,
+expert_hidden=384)` train step at 1,024 and 4,096 tokens
+(`benchmarks/results/imbalance_cpu_tf.json`, medians): with a spread
+router (busiest 1.0-1.5x the mean) the buffers took 0.47-0.60 of the rows'
+time; with two of 8 experts taking every token (4x the mean) the rows
 took 1/1.33 and 1/1.86 of the buffers' time, and with one or two of 64
 experts taking every token (32-64x) 1/3.6 to 1/12.6. On JAX
 (`imbalance_cpu_jax.json`) the spread routers' buffers took 0.59-1.04 of the
@@ -111,22 +115,26 @@ def dropless_engine(num_tokens):
     """The dropless engine for `num_tokens` tokens on this backend.
 
     Returns:
-        * `"grouped"` on JAX with a GPU or TPU: sorted rows and
-          `jax.lax.ragged_dot`, a real grouped GEMM there; on PyTorch on
-          `TORCH_GROUPED_DEVICES` where `torch._grouped_mm` runs: sorted
-          rows and that kernel.
-        * `"buckets"` where the token count is static (JAX, eager
-          TensorFlow, PyTorch): the bucketed-capacity ladder. On CPU,
+        * `"grouped"`, the sorted rows: on TensorFlow, where each expert
+          runs on exactly its own rows (`expert_loop.map_groups`; graphs
+          run those dynamic shapes natively). Against the buffers padded
+          to the busiest expert that it replaced, a `MoEDense(256,
+          expert_hidden=384)` train step of 4,096 tokens went from 2.06 to
+          1.49 times the equal-active Dense FFN's at n=64, k=2, a predict
+          from 1.62 to 1.35, and both got faster at every n (8, 64, 256)
+          and k (1, 2) measured (`benchmarks/results/peers_cpu_tf.json`
+          against `peers_cpu_tf_buffers.json`). On JAX with a GPU or TPU,
+          through `jax.lax.ragged_dot`, a real grouped GEMM there; on
+          PyTorch on `TORCH_GROUPED_DEVICES` where `torch._grouped_mm`
+          runs, through that kernel.
+        * `"buckets"` elsewhere (JAX's and PyTorch's CPU), where the token
+          count is static: the bucketed-capacity ladder. On CPU,
           `ragged_dot` runs many times the plain matmul of the same FLOPs
           (XLA expands it over every group) and the block kernels (a
           batched matmul over one copied kernel per block; on JAX a loop
           over the blocks) run slower than the buckets' batched einsum over
           the experts' own weights while the router is balanced
           (`benchmarks/results/kernels_cpu_*.json`, the grouped rows).
-        * `"exact"` where the token count is unknown at trace time
-          (TensorFlow graphs over batches of any size, which run without
-          XLA, see `supports_xla`): one capacity, the busiest expert's load,
-          as a dynamic shape.
     """
     if keras.backend.backend() == "jax":
         import jax
@@ -136,8 +144,15 @@ def dropless_engine(num_tokens):
     if keras.backend.backend() == "torch":
         if grouped.torch_device_type() in TORCH_GROUPED_DEVICES and grouped.torch_grouped_mm_available():
             return "grouped"
+    if expert_loop.loops_over_groups():
+        return "grouped"
     if not isinstance(num_tokens, int):
-        return "exact"
+        raise ValueError(
+            "Dropless dispatch on the "
+            f"{keras.backend.backend()} backend needs a static number of tokens per "
+            f"call; got {num_tokens!r}. Use `dispatch=\"dense\"`, or set a "
+            "`capacity_factor` for capacity-bounded buffers."
+        )
     return "buckets"
 
 
@@ -175,7 +190,6 @@ def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_bu
     Returns:
         `(T, u)`.
     """
-    ops = keras.ops
     choices = dropless.sort_by_expert(expert_indices, num_experts, token_mask)
     num_tokens = tokens.shape[0]
     top_k = expert_indices.shape[-1]
@@ -201,15 +215,6 @@ def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_bu
 
     if engine == "grouped":
         return rows(tokens, expert_weights)
-    if engine == "exact":
-        busiest = ops.max(choices.group_sizes)
-        # Real (unmasked) choices set the mean load, as they set the busiest.
-        limit = ROWS_MIN_IMBALANCE * ops.cast(ops.sum(choices.group_sizes), "float32") / num_experts
-        return ops.cond(
-            ops.cast(busiest, "float32") <= limit,
-            lambda: buffers([ops.maximum(busiest, 1)]),
-            lambda: rows(tokens, expert_weights),
-        )
     ladder = dropless.bucket_capacities(num_tokens, num_experts, top_k)
     top = math.ceil(ROWS_MIN_IMBALANCE * num_tokens * top_k / num_experts)
     if top >= num_tokens:

@@ -1,5 +1,7 @@
 """`MoEDense`: a Mixture-of-Experts drop-in for `keras.layers.Dense`."""
 
+import functools
+
 import keras
 from keras import activations
 from keras import ops
@@ -230,13 +232,14 @@ class MoEDense(MoELayer):
             y = y + weights["bias"][:, None, :]
         return y
 
-    def _run_one_expert(self, x, weights):
-        """One expert at inference: `(C, d)` rows and its own weights."""
+    def _run_one_expert(self, x, weights, dropout_mask=None, training=False):
+        """One expert: its `(C, d)` rows and its own weights -> `(C, units)`."""
         if self.expert_hidden is not None:
             x = ops.matmul(x, weights["hidden_kernel"])
             if self.use_bias:
                 x = x + weights["hidden_bias"]
             x = self.expert_activation(x)
+            x = self._hidden_dropout(x, training, dropout_mask)
         y = ops.matmul(x, weights["kernel"])
         if self.use_bias:
             y = y + weights["bias"]
@@ -245,6 +248,15 @@ class MoEDense(MoELayer):
     def _run_grouped(self, rows, plan, training=False, dropout_mask=None):
         """The routed experts on `(R, d)` rows sorted by expert -> `(R, units)`."""
         weights = self.experts
+        if dispatch_lib.loops_over_groups():
+            masks = () if dropout_mask is None else (dropout_mask,)
+            return dispatch_lib.map_groups(
+                functools.partial(self._run_one_expert, training=training),
+                rows,
+                plan.group_sizes,
+                weights,
+                *masks,
+            )
         x = rows
         if self.expert_hidden is not None:
             x = dispatch_lib.grouped_matmul(x, weights["hidden_kernel"], plan.group_sizes)

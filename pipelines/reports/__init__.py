@@ -779,27 +779,63 @@ def peers(records: Records) -> str:
     return "\n\n".join(parts)
 
 
+PEER_TF_BUFFERS_FILE = f"{BENCH}/peers_cpu_tf_buffers.json"
+
+
+def peer_engine_table(before: dict, after: dict) -> str:
+    """One row per `n`, `k` of both peer records: `MoEDense` defaults' train
+    step and predict in each, and each over its own run's Dense FFN."""
+    rows = []
+    for row in after["rows"]:
+        if row["model"] != "moe_default":
+            continue
+        n, k = row["n"], row["k"]
+        old = _peer_row(before, "moe_default", n, k)
+        if old is None:
+            continue
+        cells = [n, k]
+        for metric in ("train_ms", "predict_ms"):
+            versus = [_spread(_pass_ratios(ours, _peer_row(run, "dense_ffn", n, k), metric))
+                      for ours, run in ((old, before), (row, after))]
+            cells += [f"{_ms(old, metric)} / {_ms(row, metric)}", " / ".join(versus)]
+        rows.append(cells)
+    return markdown_table(["n", "k", "train step ms (buffers / rows)", "train step over Dense FFN (buffers / rows)",
+                           "predict ms (buffers / rows)", "predict over Dense FFN (buffers / rows)"], rows)
+
+
+@report_block("README.md", "peers-tf-engines")
+@report_block("benchmarks/README.md", "peers-tf-engines")
+def peers_tf_engines(records: Records) -> str:
+    after, before = f"{BENCH}/{PEER_FILES['tensorflow']}", PEER_TF_BUFFERS_FILE
+    if not (records.glob(after) and records.glob(before)):
+        return f"Not measured yet (`{before}` and `{after}` are not both committed)."
+    old, new = records.json(before), records.json(after)
+    return (f"**TensorFlow**, `MoEDense` defaults: buffers padded to the busiest expert (`{before}`, "
+            f"`{old['command']}`; {_load(old)}) against each expert on its own rows (`{after}`; {_load(new)}), "
+            f"the same benchmark run one after the other on one machine ({_cores(new['machine'])}); each "
+            "ratio is over the Dense FFN of its own run, pass by pass, median and range.\n\n"
+            + peer_engine_table(old, new))
+
+
 # The dropless path piece by piece (benchmarks/profile_dropless.py) -------------
 
 PROFILE_FILE = f"{BENCH}/profile_dropless_cpu_tf.json"
 
 
 def profile_table(run: dict) -> str:
-    """One row per expert count: each piece's median over the passes (range
-    in brackets), `combine` as the mixture minus its first two pieces."""
+    """One row per expert count and mode: each piece's median over the
+    passes, range in brackets."""
     rows = []
     for row in run["rows"]:
-        combine = [m - g - e for m, g, e in zip(row["mixture"], row["sort_plan_gather"], row["experts_on_buffers"])]
-        n_rows, capacity = row["buffer_shape"][0] * row["buffer_shape"][1], row["buffer_shape"][1]
-        slots = run["config"]["tokens"] * row["k"]
-        rows.append([row["n"], row["k"], f"{row['n']} x {capacity} = {n_rows:,} ({n_rows / slots:.2f}x the {slots:,} choices)",
-                     _ms(row, "dense_ffn"), _ms(row, "layer"), _ms(row, "route"), _ms(row, "sort_plan_gather"),
-                     _ms(row, "experts_on_buffers"), _spread(combine, 1), _ms(row, "plain_matmuls"),
+        rows.append([row["n"], row["k"], row["mode"], f"{row['busiest_over_mean']:.2f}",
+                     *(_ms(row, piece) for piece in ("dense_ffn", "layer", "route", "sort_permute",
+                                                      "experts_on_rows", "mixture", "plain_matmuls")),
                      _spread([a / b for a, b in zip(row["layer"], row["dense_ffn"])]),
-                     _spread([a / b for a, b in zip(row["experts_on_buffers"], row["plain_matmuls"])])])
-    return markdown_table(["n", "k", "buffer rows", "Dense FFN ms", "MoEDense ms", "route ms", "sort, plan, gather ms",
-                           "experts on buffers ms", "combine ms", "plain matmuls, same FLOPs ms",
-                           "MoEDense over Dense FFN", "experts over plain matmuls"], rows)
+                     _spread([a / b for a, b in zip(row["experts_on_rows"], row["plain_matmuls"])])])
+    return markdown_table(["n", "k", "mode", "busiest expert over mean", "Dense FFN ms", "MoEDense ms", "route ms",
+                           "sort, permute ms", "experts on rows ms", "mixture (sort to unpermute) ms",
+                           "plain matmuls, same FLOPs ms", "MoEDense over Dense FFN",
+                           "experts over plain matmuls"], rows)
 
 
 def _profile_setup(path: str, run: dict) -> str:
@@ -816,9 +852,9 @@ def profile_dropless(records: Records) -> str:
         return f"Not measured yet (`{PROFILE_FILE}` is not committed)."
     run = records.json(PROFILE_FILE)
     config = run["config"]
-    return (f"**TensorFlow, inference** ({_profile_setup(PROFILE_FILE, run)}; load average {_load(run)}). "
+    return (f"**TensorFlow** ({_profile_setup(PROFILE_FILE, run)}; load average {_load(run)}). "
             f"Median over {config['repeats']} passes of the median of {config['steps']} calls, range in "
-            "brackets.\n\n" + profile_table(run))
+            "brackets; `train` times each piece with its gradients.\n\n" + profile_table(run))
 
 
 BRANCHES_FILE = f"{BENCH}/profile_branches_cpu_jax.json"
