@@ -149,14 +149,16 @@ def test_submit_and_submissions_commands(tmp_path, kaggle_server, capsys):
 
 
 def test_distribute_data_runs_under_mirrored_strategy(tmp_path):
-    """One CPU replica is enough to build, train and predict in the scope."""
+    """One CPU replica is enough to build, train and predict in the scope;
+    MoE(2,8) runs the dropless engine (n / k = 4), whose rows are split by
+    expert inside the replica's graph."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("MirroredStrategy is the TensorFlow path")
     source = write_tiny_competition(tmp_path / "data")
     out = tmp_path / "run.csv"
-    code = cli.main(["--arch", "mlp", "--moe", "1,2", "--distribute", "data",
+    code = cli.main(["--arch", "mlp", "--moe", "2,8", "--distribute", "data",
                      "--data", str(source), "--out", str(out), *FAST])
     assert code == 0
     assert json.loads(out.with_suffix(".json").read_text())["train_config"]["distribute"] == "data"
