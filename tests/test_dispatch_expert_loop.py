@@ -61,13 +61,10 @@ def tensorflow_backend():
     return tf
 
 
-def two_layer_expert(rows, weights, scale=None):
-    hidden = np.maximum(rows @ weights["hidden"], 0) if isinstance(rows, np.ndarray) else \
-        keras.ops.relu(keras.ops.matmul(rows, weights["hidden"]))
-    if scale is not None:
-        hidden = hidden * scale
-    return hidden @ weights["kernel"] if isinstance(hidden, np.ndarray) else \
-        keras.ops.matmul(hidden, weights["kernel"])
+def two_layer_expert(rows, weights, scale):
+    """An MLP expert whose hidden units are scaled by a per-row tensor."""
+    hidden = keras.ops.relu(keras.ops.matmul(rows, weights["hidden"])) * scale
+    return keras.ops.matmul(hidden, weights["kernel"])
 
 
 # Empty groups, one group with every row, and rows past every group.
@@ -88,7 +85,8 @@ def test_map_groups_runs_each_expert_on_its_own_rows(tensorflow_backend, sizes):
     start = 0
     for e, size in enumerate(sizes):
         part = slice(start, start + size)
-        expected[part] = two_layer_expert(rows[part], {n: w[e] for n, w in weights.items()}, scale[part])
+        hidden = np.maximum(rows[part] @ weights["hidden"][e], 0) * scale[part]
+        expected[part] = hidden @ weights["kernel"][e]
         start += size
     # Group sizes known only when the graph runs, as in `fit` and `predict`.
     function = tf.function(

@@ -23,7 +23,10 @@ than the alternative:
   gradients (`benchmarks/results/profile_dropless_cpu_tf.json`), and a
   whole `MoEDense` train step went from 2.06 to 1.49 times the
   equal-active Dense FFN's against buffers padded to the busiest expert
-  (`peers_cpu_tf.json` against `peers_cpu_tf_buffers.json`).
+  (`peers_cpu_tf.json` against `peers_cpu_tf_buffers.json`). The graph
+  holds every expert's ops, so tracing it (the first call of `fit` or
+  `predict`) takes longer the more experts there are, where the buffers'
+  graph was the same size for any n.
 """
 
 import keras
