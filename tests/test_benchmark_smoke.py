@@ -181,6 +181,26 @@ def test_peer_verdicts_from_a_handmade_record():
     assert lines[4] == "KerasHub's train step over ours: 18.27 (11.54-25.00) (target >= 20.0): missed"
 
 
+def test_peer_engine_table_from_two_handmade_records():
+    from pipelines.reports import peer_engine_table
+
+    def row(model, n, train, predict):
+        return {"model": model, "n": n, "k": 2, "train_ms": train, "predict_ms": predict}
+
+    before = {"rows": [row("dense_ffn", 64, [20.0, 40.0], [10.0, 10.0]),
+                       row("moe_default", 64, [40.0, 100.0], [20.0, 30.0])]}
+    after = {"rows": [row("dense_ffn", 64, [30.0, 30.0], [8.0, 12.0]),
+                      row("moe_default", 64, [45.0, 60.0], [12.0, 12.0]),
+                      row("moe_default", 256, [90.0, 90.0], [20.0, 20.0])]}
+    table = peer_engine_table(before, after)
+    # Each run over its own Dense FFN, pass by pass: before 40/20 = 2.0 and
+    # 100/40 = 2.5; after 45/30 = 1.5 and 60/30 = 2.0; predict before 2.0
+    # and 3.0, after 1.5 and 1.0. n=256 has no "before" row: left out.
+    assert "| 64 | 2 | 70.0 (40.0-100.0) / 52.5 (45.0-60.0) | 2.25 (2.00-2.50) / 1.75 (1.50-2.00) |" in table
+    assert "| 2.50 (2.00-3.00) / 1.25 (1.00-1.50) |" in table
+    assert "| 256 |" not in table
+
+
 def test_imbalance_benchmark_quick_collapses_the_router_and_restores_the_bound(tmp_path):
     import importlib.util
 

@@ -811,7 +811,8 @@ def peers_tf_engines(records: Records) -> str:
         return f"Not measured yet (`{before}` and `{after}` are not both committed)."
     old, new = records.json(before), records.json(after)
     return (f"**TensorFlow**, `MoEDense` defaults: buffers padded to the busiest expert (`{before}`, "
-            f"`{old['command']}`; {_load(old)}) against each expert on its own rows (`{after}`; {_load(new)}), "
+            f"`{old['command']}`; load average {_load(old)}) against each expert on its own rows (`{after}`; "
+            f"load average {_load(new)}), "
             f"the same benchmark run one after the other on one machine ({_cores(new['machine'])}); each "
             "ratio is over the Dense FFN of its own run, pass by pass, median and range.\n\n"
             + peer_engine_table(old, new))
