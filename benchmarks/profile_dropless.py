@@ -13,7 +13,8 @@ weights it reads (the router's in `route`), as a train step takes them:
 
 * `dense_ffn`: `Dense(hidden * k, relu) -> Dense(features)`;
 * `layer`: the whole `MoEDense(features, n, top_k=k, expert_hidden=hidden)`
-  call (in training with its balancing loss);
+  call (`train` calls it with `training=True`, which also computes its
+  balancing loss; the gradients are those of its outputs);
 * `route`: router logits, softmax and top-k (`MoELayer.route`);
 * `sort_permute`: the sort by expert, the row plan and the gather of every
   token choice into rows sorted by expert;

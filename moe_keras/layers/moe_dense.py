@@ -249,6 +249,8 @@ class MoEDense(MoELayer):
         """The routed experts on `(R, d)` rows sorted by expert -> `(R, units)`."""
         weights = self.experts
         if dispatch_lib.loops_over_groups():
+            # One split for the whole MLP: `grouped_matmul` would split the
+            # rows and concatenate them again around each of the two matmuls.
             masks = () if dropout_mask is None else (dropout_mask,)
             return dispatch_lib.map_groups(
                 functools.partial(self._run_one_expert, training=training),
