@@ -269,8 +269,7 @@ def test_grouped_matmul_gradients(sizes):
     "mode,n,k,factor,expected",
     [
         ("auto", 8, 2, None, "dropless"),
-        ("auto", 4, 2, None, "dense"),  # n / k = 2: dense at most twice the work
-        ("auto", 5, 3, None, "dense"),
+        ("auto", 5, 4, None, "dense"),  # n / k = 1.25: dense on every backend
         ("auto", 64, 1, 1.25, "capacity"),
         ("auto", 4, 2, 1.25, "dense"),  # buffers would be 62% of the dense work
         ("sparse", 4, 2, None, "dropless"),
@@ -280,6 +279,24 @@ def test_grouped_matmul_gradients(sizes):
 )
 def test_choose_dispatch(mode, n, k, factor, expected):
     assert dispatch.choose_dispatch(mode, n, k, factor) == expected
+
+
+# Where "auto" turns dropless without a capacity factor, by backend: from
+# n / k above 1.25 on TensorFlow, above 1.5 on JAX, above 2 elsewhere
+# (`strategy.DENSE_MAX_EXPERTS_PER_CHOICE`).
+AUTO_BY_BACKEND = {
+    (4, 3): {"tensorflow": "dropless", "jax": "dense", "torch": "dense"},
+    (3, 2): {"tensorflow": "dropless", "jax": "dense", "torch": "dense"},
+    (5, 3): {"tensorflow": "dropless", "jax": "dropless", "torch": "dense"},
+    (4, 2): {"tensorflow": "dropless", "jax": "dropless", "torch": "dense"},
+    (6, 2): {"tensorflow": "dropless", "jax": "dropless", "torch": "dropless"},
+}
+
+
+@pytest.mark.parametrize("n, k", AUTO_BY_BACKEND)
+def test_auto_turns_dropless_at_the_backends_bound(n, k):
+    expected = AUTO_BY_BACKEND[n, k][keras.backend.backend()]
+    assert dispatch.choose_dispatch("auto", n, k, None) == expected
 
 
 def test_choose_dispatch_rejects_unknown_mode():

@@ -387,8 +387,9 @@ def test_conv_sparse_needs_static_image_size():
         layer = MoEConv2D(2, 3, num_experts=experts)
         layer.build((None, 8, 8, 3))
         assert layer.resolved_dispatch == expected
-    # Pixel routing takes the dropless engine when n / k is above 2.
-    for experts, top_k, expected in ((32, 1, "sparse"), (4, 2, "dense"), (6, 2, "sparse")):
+    # Pixel routing takes the dropless engine when n / k is above the
+    # backend's bound (1.25 to 2, `strategy.DENSE_MAX_EXPERTS_PER_CHOICE`).
+    for experts, top_k, expected in ((32, 1, "sparse"), (5, 4, "dense"), (6, 2, "sparse")):
         pixel = MoEConv2D(2, 3, num_experts=experts, top_k=top_k, routing="pixel")
         pixel.build((None, 8, 8, 3))
         assert pixel.resolved_dispatch == expected

@@ -4,7 +4,8 @@ Three strategies compute the same mixture (`choose_dispatch`):
 
 * `"dense"`: every expert on every token, one einsum (`dense.py`). Its
   cost is `n / k` times the active compute, which only pays when that
-  ratio is small and the per-token gathers would cost more.
+  ratio is small and the per-token gathers would cost more
+  (`DENSE_MAX_EXPERTS_PER_CHOICE`, per backend).
 * `"dropless"`: sparse and dropless (`dropless.py`, `grouped.py`): every
   token gets all k experts, the compute follows `T * k`.
 * `"capacity"`: sparse with capacity-sized buffers (`capacity.py`); choices
@@ -27,14 +28,30 @@ from moe_keras.dispatch import dropless
 from moe_keras.dispatch import expert_loop
 from moe_keras.dispatch import grouped
 
-DENSE_MAX_EXPERTS_PER_CHOICE = 2
+DENSE_MAX_EXPERTS_PER_CHOICE = {"tensorflow": 1.25, "jax": 1.5}
 """`dispatch="auto"` runs every expert on every token while `n / k` is at
-most this: there the dense einsum does at most twice the active work and
-has none of the sparse path's sorting and gathering. At 4,096 tokens the
-dropless engine already wins from `n / k = 1.5` on TensorFlow and ties there
-on JAX (`benchmarks/results/kernels_cpu_*.json`, the dispatch rows); the
-bound stays at 2 for small batches (a classifier head routes one token per
-image), which those rows do not measure."""
+most this bound for the backend (`dense_max_experts_per_choice`): there the
+dense einsum does little more than the active work and has none of the
+sparse path's sorting and gathering. Measured as a whole `MoEDense` train
+step, dense against dropless, at 4,096 tokens and at 128 (a classifier
+head routes one token per image) on 2 CPU cores
+(`benchmarks/results/kernels_cpu_*.json`, `kernels_small_cpu_*.json`, the
+dispatch rows, the median of per-pass ratios): on TensorFlow the dropless
+step took 0.71 (4,096 tokens) and 1.04 (128) of the dense one at
+`n / k = 1.25`, and from 1.33 on 0.12-0.59 and 0.43-0.85; on JAX, at 128
+tokens, 1.12-1.33 up to 1.5, 1.00 at 1.67 and 0.83-0.86 at 2, and at 4,096
+tokens 0.90 at 1.5 and 0.68-0.70 at 2. Other backends keep a bound of 2,
+unmeasured here."""
+
+DEFAULT_DENSE_MAX_EXPERTS_PER_CHOICE = 2.0
+"""The bound for backends not in `DENSE_MAX_EXPERTS_PER_CHOICE`."""
+
+
+def dense_max_experts_per_choice():
+    """The largest `n / k` at which `dispatch="auto"` stays dense on this
+    backend (`DENSE_MAX_EXPERTS_PER_CHOICE`)."""
+    return DENSE_MAX_EXPERTS_PER_CHOICE.get(keras.backend.backend(), DEFAULT_DENSE_MAX_EXPERTS_PER_CHOICE)
+
 
 CONDCONV_MIN_EXPERTS = 4
 """`MoEConv2D(routing="sample", dispatch="auto")` mixes kernels per image
@@ -103,7 +120,7 @@ def choose_dispatch(dispatch, num_experts, top_k, capacity_factor):
     if dispatch == "sparse":
         return sparse
     if capacity_factor is None:
-        if num_experts / top_k <= DENSE_MAX_EXPERTS_PER_CHOICE:
+        if num_experts / top_k <= dense_max_experts_per_choice():
             return "dense"
         return "dropless"
     if capacity_factor * top_k / num_experts <= CAPACITY_MAX_BUFFER_SHARE:

@@ -6,7 +6,7 @@ from keras import ops
 from moe_keras import dispatch as dispatch_lib
 from moe_keras import routing as routing_lib
 from moe_keras.dispatch.strategy import CONDCONV_MIN_EXPERTS
-from moe_keras.dispatch.strategy import DENSE_MAX_EXPERTS_PER_CHOICE
+from moe_keras.dispatch.strategy import dense_max_experts_per_choice
 from moe_keras.dispatch.strategy import DISPATCH_MODES
 from moe_keras.layers.moe_layer import MoELayer
 from moe_keras.layers.moe_layer import _positive_int
@@ -74,7 +74,7 @@ class MoEConv2D(MoELayer):
         experts. Either way the cost does not grow with `n`.
       * `"auto"`: sparse for a known image size, with sample routing from
         `CONDCONV_MIN_EXPERTS` experts and with pixel routing when `n / k`
-        is above `DENSE_MAX_EXPERTS_PER_CHOICE`
+        is above the backend's `DENSE_MAX_EXPERTS_PER_CHOICE`
         (`moe_keras.dispatch.strategy`); dense otherwise.
 
     Routing is always dropless. Balancing losses, router noise and
@@ -179,7 +179,7 @@ class MoEConv2D(MoELayer):
 
         Sparse means CondConv for sample routing (from `CONDCONV_MIN_EXPERTS`
         experts) and the dropless engine of `MoEDense` for pixel routing
-        (from `n / k` above `DENSE_MAX_EXPERTS_PER_CHOICE`); both need the
+        (from `n / k` above the backend's `DENSE_MAX_EXPERTS_PER_CHOICE`); both need the
         image size at trace time.
         """
         if self.dispatch != "auto":
@@ -189,7 +189,7 @@ class MoEConv2D(MoELayer):
         if self.routing == "sample":
             sparse = self.num_experts >= CONDCONV_MIN_EXPERTS
         else:
-            sparse = self.num_experts / self.top_k > DENSE_MAX_EXPERTS_PER_CHOICE
+            sparse = self.num_experts / self.top_k > dense_max_experts_per_choice()
         return "sparse" if sparse else "dense"
 
     def _channel_axis(self):

@@ -887,6 +887,13 @@ def kernel_tables(run: dict) -> str:
              _spread(_pass_ratios({"t": r["fwd_bwd_ms"]}, {"t": plain[r["n"]]["fwd_bwd_ms"]}, "t")),
              _f(r["busiest_over_mean"])] for r in grouped]
     parts = [markdown_table(["n", "kernel", "fwd+bwd ms", "over the plain matmul", "busiest / mean load"], rows)]
+    parts.append(dispatch_table(run))
+    return "\n\n".join(parts)
+
+
+def dispatch_table(run: dict) -> str:
+    """A `bench_kernels.py` record's dispatch rows: dense against dropless
+    train steps by `n / k`."""
     dispatch_rows = [r for r in run["rows"] if r["table"] == "dispatch"]
     pairs = sorted({(r["n"], r["k"]) for r in dispatch_rows}, key=lambda p: (p[0] / p[1], p))
     table = []
@@ -894,11 +901,10 @@ def kernel_tables(run: dict) -> str:
         dense = next(r for r in dispatch_rows if (r["n"], r["k"], r["dispatch"]) == (n, k, "dense"))
         sparse = next(r for r in dispatch_rows if (r["n"], r["k"], r["dispatch"]) == (n, k, "sparse"))
         ratio = _pass_ratios(sparse, dense, "train_ms")
-        table.append([f"{n / k:g}", n, k, _spread(dense["train_ms"], 1), _spread(sparse["train_ms"], 1),
+        table.append([f"{n / k:.3g}", n, k, _spread(dense["train_ms"], 1), _spread(sparse["train_ms"], 1),
                       _spread(ratio), "sparse" if statistics.median(ratio) < 1 else "dense"])
-    parts.append(markdown_table(["n / k", "n", "k", "dense train ms", "dropless train ms",
-                                 "dropless over dense", "faster"], table))
-    return "\n\n".join(parts)
+    return markdown_table(["n / k", "n", "k", "dense train ms", "dropless train ms",
+                           "dropless over dense", "faster"], table)
 
 
 @report_block("benchmarks/README.md", "kernels")
@@ -912,6 +918,24 @@ def kernels(records: Records) -> str:
         parts.append(kernel_tables(run))
     if not parts:
         return "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`)."
+    return "\n\n".join(parts)
+
+
+KERNEL_SMALL_FILES = {"tensorflow": "kernels_small_cpu_tf.json", "jax": "kernels_small_cpu_jax.json"}
+
+
+@report_block("benchmarks/README.md", "kernels-small")
+def kernels_small(records: Records) -> str:
+    parts = []
+    for backend, path, run in committed_runs(records, KERNEL_SMALL_FILES):
+        config = run["config"]
+        parts.append(f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** (`{path}`; "
+                     f"{config['rows'] // 2} tokens of {config['features']} features; "
+                     f"{run['machine']['cpu_count']} CPU cores; median over {config['repeats']} passes, range in "
+                     f"brackets)")
+        parts.append(dispatch_table(run))
+    if not parts:
+        return "No small-batch kernel record is committed yet (`benchmarks/bench_kernels.py --rows 256 --json`)."
     return "\n\n".join(parts)
 
 
