@@ -907,18 +907,25 @@ def dispatch_table(run: dict) -> str:
                            "dropless over dense", "faster"], table)
 
 
-@report_block("benchmarks/README.md", "kernels")
-def kernels(records: Records) -> str:
+def _kernel_runs(records: Records, files: dict, size, table, missing: str) -> str:
+    """One `bench_kernels.py` table per committed backend record, each under
+    a line naming its record, `size(config)` and how it was timed."""
     parts = []
-    for backend, path, run in committed_runs(records, KERNEL_FILES):
+    for backend, path, run in committed_runs(records, files):
         config = run["config"]
         parts.append(f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** (`{path}`; "
-                     f"{config['rows']} rows of {config['features']} features, hidden {config['hidden']}; "
-                     f"{run['machine']['cpu_count']} CPU cores; median over {config['repeats']} passes, range in brackets)")
-        parts.append(kernel_tables(run))
-    if not parts:
-        return "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`)."
-    return "\n\n".join(parts)
+                     f"{size(config)}; {run['machine']['cpu_count']} CPU cores; median over "
+                     f"{config['repeats']} passes, range in brackets)")
+        parts.append(table(run))
+    return "\n\n".join(parts) if parts else missing
+
+
+@report_block("benchmarks/README.md", "kernels")
+def kernels(records: Records) -> str:
+    return _kernel_runs(
+        records, KERNEL_FILES,
+        lambda config: f"{config['rows']} rows of {config['features']} features, hidden {config['hidden']}",
+        kernel_tables, "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`).")
 
 
 KERNEL_SMALL_FILES = {"tensorflow": "kernels_small_cpu_tf.json", "jax": "kernels_small_cpu_jax.json"}
@@ -926,17 +933,10 @@ KERNEL_SMALL_FILES = {"tensorflow": "kernels_small_cpu_tf.json", "jax": "kernels
 
 @report_block("benchmarks/README.md", "kernels-small")
 def kernels_small(records: Records) -> str:
-    parts = []
-    for backend, path, run in committed_runs(records, KERNEL_SMALL_FILES):
-        config = run["config"]
-        parts.append(f"**{BACKEND_NAMES.get(backend, backend).replace(' (XLA)', '')}** (`{path}`; "
-                     f"{config['rows'] // 2} tokens of {config['features']} features; "
-                     f"{run['machine']['cpu_count']} CPU cores; median over {config['repeats']} passes, range in "
-                     f"brackets)")
-        parts.append(dispatch_table(run))
-    if not parts:
-        return "No small-batch kernel record is committed yet (`benchmarks/bench_kernels.py --rows 256 --json`)."
-    return "\n\n".join(parts)
+    return _kernel_runs(
+        records, KERNEL_SMALL_FILES, lambda config: f"{config['rows'] // 2} tokens of {config['features']} features",
+        dispatch_table,
+        "No small-batch kernel record is committed yet (`benchmarks/bench_kernels.py --rows 256 --json`).")
 
 
 IMBALANCE_FILES = {"tensorflow": "imbalance_cpu_tf.json", "jax": "imbalance_cpu_jax.json",
