@@ -398,6 +398,34 @@ def test_conv_sparse_needs_static_image_size():
     assert pixel.resolved_dispatch == "dense"
 
 
+class Holder(keras.layers.Layer):
+    """A layer that holds an MoE layer and defines no `compute_output_shape`,
+    so Keras infers its output by tracing `call` with a symbolic batch."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, inputs):
+        return self.inner(inputs)
+
+
+@pytest.mark.parametrize("inner, input_shape, output_shape", [
+    (lambda: MoEDense(4, num_experts=8, top_k=2, expert_hidden=3), (3,), (4,)),
+    (lambda: MoEConv2D(2, 3, num_experts=8, top_k=2, routing="pixel"), (6, 6, 2), (4, 4, 2)),
+])
+def test_a_held_dropless_layer_builds_and_trains_in_a_model(inner, input_shape, output_shape):
+    # The symbolic batch of the shape inference has no static token count,
+    # which the bucket engines need (JAX); the real calls still run dropless.
+    layer = inner()
+    model = keras.Sequential([keras.Input(input_shape), Holder(layer)])
+    assert model.output_shape == (None, *output_shape)
+    x = np.random.default_rng(5).normal(size=(4, *input_shape)).astype("float32")
+    model.compile("sgd", "mse")
+    model.fit(x, np.zeros((4, *output_shape)), epochs=1, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), np_(layer(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_each_sample_uses_its_selected_expert_kernel():
     x = np.random.default_rng(4).normal(size=(2, 6, 6, 2)).astype("float32")
     layer = MoEConv2D(3, 3, num_experts=3, top_k=1, normalize_top_k=True, use_bias=False)

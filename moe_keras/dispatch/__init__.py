@@ -43,4 +43,5 @@ from moe_keras.dispatch.strategy import ROWS_MIN_IMBALANCE
 from moe_keras.dispatch.strategy import choose_dispatch
 from moe_keras.dispatch.strategy import dropless_engine
 from moe_keras.dispatch.strategy import dropless_mixture
+from moe_keras.dispatch.strategy import dropless_runs
 from moe_keras.dispatch.strategy import supports_xla

@@ -132,6 +132,9 @@ def dropless_engine(num_tokens):
     """The dropless engine for `num_tokens` tokens on this backend.
 
     Returns:
+        `None` where no engine runs a call of that many tokens (a symbolic
+        count on JAX's or PyTorch's CPU, see `dropless_runs`), otherwise:
+
         * `"grouped"`, the sorted rows: on TensorFlow, where each expert
           runs on exactly its own rows (`expert_loop.map_groups`; graphs
           run those dynamic shapes natively). Against the buffers padded
@@ -164,13 +167,22 @@ def dropless_engine(num_tokens):
     if expert_loop.loops_over_groups():
         return "grouped"
     if not isinstance(num_tokens, int):
-        raise ValueError(
-            "Dropless dispatch on the "
-            f"{keras.backend.backend()} backend needs a static number of tokens per "
-            f"call; got {num_tokens!r}. Use `dispatch=\"dense\"`, or set a "
-            "`capacity_factor` for capacity-bounded buffers."
-        )
+        return None
     return "buckets"
+
+
+def dropless_runs(num_tokens):
+    """Whether a dropless call of `num_tokens` tokens can run on this
+    backend (`dropless_engine` is not `None`).
+
+    The bucket ladder needs the token count when the call is traced. JAX
+    traces `fit` and `predict` with static shapes, but Keras infers the
+    output shape of a layer that holds an MoE layer (and defines no
+    `compute_output_shape`) by tracing its `call` with a symbolic batch
+    size, as does an export with a polymorphic batch; the layers then
+    compute the same mixture densely.
+    """
+    return dropless_engine(num_tokens) is not None
 
 
 def supports_xla(might_run_dropless):
@@ -211,6 +223,13 @@ def dropless_mixture(tokens, expert_indices, expert_weights, num_experts, run_bu
     num_tokens = tokens.shape[0]
     top_k = expert_indices.shape[-1]
     engine = dropless_engine(num_tokens)
+    if engine is None:
+        raise ValueError(
+            "Dropless dispatch on the "
+            f"{keras.backend.backend()} backend needs a static number of tokens per "
+            f"call; got {num_tokens!r}. Use `dispatch=\"dense\"`, or set a "
+            "`capacity_factor` for capacity-bounded buffers."
+        )
 
     def rows(tokens, expert_weights):
         return grouped.sorted_mixture(

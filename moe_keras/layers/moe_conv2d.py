@@ -279,10 +279,11 @@ class MoEConv2D(MoELayer):
             result.expert_weights, result.expert_indices, self.num_experts
         )
         combine = ops.cast(combine, self.compute_dtype)
-        if self.resolved_dispatch == "sparse" and self.routing == "pixel":
-            outputs = self._pixel_dropless_conv(inputs, result, training)
-        elif self.resolved_dispatch == "sparse":
+        sparse = self.resolved_dispatch == "sparse"
+        if sparse and self.routing == "sample":
             outputs = self._mixed_kernel_conv(inputs, combine)
+        elif sparse and dispatch_lib.dropless_runs(result.expert_indices.shape[0]):
+            outputs = self._pixel_dropless_conv(inputs, result, training)
         else:
             outputs = self._all_experts_conv(inputs, features, combine)
         if self.shared_experts is not None:

@@ -300,6 +300,8 @@ class MoEDense(MoELayer):
         num_tokens = tokens.shape[0]
         if num_tokens is None:
             num_tokens = ops.shape(tokens)[0]
+        if strategy == "dropless" and not dispatch_lib.dropless_runs(num_tokens):
+            strategy = "dense"
         capacity = limit = None
         if factor is not None:
             # Buffers are sized for every token (a static shape); padding
