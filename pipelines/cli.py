@@ -138,7 +138,7 @@ def _add_train_arguments(parser):
     training.add_argument("--distribute", choices=("data", "experts"), help="data parallelism (MirroredStrategy on TF, DataParallel on JAX) or expert parallelism (JAX keras.distribution)")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
     training.add_argument("--pseudo-label", type=_threshold, nargs="?", const=DEFAULT_PSEUDO_LABEL_THRESHOLD, default=None, metavar="THRESHOLD", help=f"train, label the test images the model gives at least THRESHOLD (default {DEFAULT_PSEUDO_LABEL_THRESHOLD}) probability, then train a fresh model on both")
-    training.add_argument("--tta", action="store_true", help="test-time augmentation: predict the mean softmax over each image and its one-pixel shifts")
+    training.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="test-time augmentation: predict the mean softmax over each image and its four one-pixel shifts (default on; --no-tta predicts the image alone)")
     io_group = parser.add_argument_group("data and outputs")
     io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
     io_group.add_argument("--out", type=Path, help="submission path (default submissions/<run-name>.csv); with --grid, the output folder")

@@ -77,7 +77,11 @@ class TrainConfig:
     distribute: str | None = None
     verbose: int = 1
     deterministic: bool = False
-    tta: bool = False
+    # On by default: over the cross-validated screen's 38 runs that recorded
+    # both, the shifted views' mean scored +0.09 pp (95% t interval +0.02 to
+    # +0.15) above the plain prediction on validation folds
+    # (reports/digit_recognizer_grid.md, "Cross-validated screen").
+    tta: bool = True
     pseudo_label: float | None = None
     steps_per_execution: int | str = "epoch"
 

@@ -306,13 +306,14 @@ def test_new_training_flags_reach_the_train_config(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "_run_train", lambda args: seen.append(args) or 0)
     assert cli.main(["--seed", "007"]) == 0
-    assert cli.main(["--deterministic", "--tta", "--pseudo-label", "--ensemble", "3"]) == 0
+    assert cli.main(["--deterministic", "--no-tta", "--pseudo-label", "--ensemble", "3"]) == 0
     assert cli.main(["--pseudo-label", "0.9"]) == 0
     _, plain = cli._configs_from_args(seen[0])
     assert plain.seed == 7 and type(plain.seed) is int
-    assert (plain.deterministic, plain.tta, plain.pseudo_label, seen[0].ensemble) == (False, False, None, None)
+    # TTA is on unless turned off.
+    assert (plain.deterministic, plain.tta, plain.pseudo_label, seen[0].ensemble) == (False, True, None, None)
     _, everything = cli._configs_from_args(seen[1])
-    assert (everything.deterministic, everything.tta, everything.pseudo_label) == (True, True, 0.99)
+    assert (everything.deterministic, everything.tta, everything.pseudo_label) == (True, False, 0.99)
     assert seen[1].ensemble == 3
     assert cli._configs_from_args(seen[2])[1].pseudo_label == 0.9
     assert cli._configs_from_args(seen[0])[0].elastic == 0.0

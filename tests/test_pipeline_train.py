@@ -67,7 +67,7 @@ def test_pipeline_recipe_values_are_the_pipelines():
     config = TrainConfig()
     assert (config.epochs, config.batch_size, config.learning_rate, config.schedule) == (32, 128, 3e-3, "cosine")
     assert (config.validation_fraction, config.patience, config.verbose) == (0.1, 10, 1)
-    assert config.steps_per_execution == "epoch"
+    assert config.steps_per_execution == "epoch" and config.tta is True
     # Validation loss is watched from 3/4 of the schedule on.
     assert config.early_stopping_from_epoch == 24
     assert TrainConfig(epochs=10).early_stopping_from_epoch == 10 * 3 // 4
@@ -307,7 +307,7 @@ def test_run_saves_test_and_validation_probabilities_beside_its_record(tmp_path)
     from pipelines import ensemble
 
     source = _tiny_source(tmp_path / "data")
-    config = TrainConfig(epochs=1, batch_size=32, verbose=0)
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, tta=False)
     train.train_run(TINY_MLP, config, source, tmp_path / "out" / "run.csv", log=lambda line: None)
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["probabilities"] == str(tmp_path / "out" / "run.probs.npz")
@@ -381,7 +381,8 @@ def test_pseudo_labels_train_a_second_model_on_the_confident_test_images(tmp_pat
     source = _tiny_source(tmp_path / "data")
     test_images = data.read_test_csv(source.test_csv)
     # Every top probability of 10 classes is at least 0.1: all 12 test images qualify.
-    config = TrainConfig(epochs=1, batch_size=32, verbose=0, pseudo_label=0.1)
+    # Without TTA, so the labels are the first model's plain predictions.
+    config = TrainConfig(epochs=1, batch_size=32, verbose=0, pseudo_label=0.1, tta=False)
     lines = []
     train.train_run(TINY_MLP, config, source, tmp_path / "run.csv", log=lines.append)
     # The held-out labels are read once, after both fits, to score.
