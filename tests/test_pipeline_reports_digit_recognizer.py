@@ -114,6 +114,24 @@ def test_options_block_pairs_each_option_with_its_own_without(tmp_path):
     assert "(retrained minus first pass): -0.10 pp seed by seed, mean -0.10" in text
 
 
+def test_options_block_reads_tta_from_the_default_runs(tmp_path):
+    def tta(without, with_):
+        return {"shifts": [[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], "test_accuracy": with_,
+                "test_accuracy_without": without, "validation_accuracy": 0.9875, "validation_accuracy_without": 0.985}
+
+    # TTA is the default: the default runs carry both predictions. The dense
+    # baseline's runs and a pseudo-label run (also with TTA) are not TTA rows.
+    _write(tmp_path, "default", "moe-1", _run([3, 5], 64, 1, 0.993, tta=tta(0.990, 0.993)))
+    _write(tmp_path, "default", "dense-1", _run(None, 192, 1, 0.980, tta=tta(0.985, 0.980)))
+    pseudo = {"threshold": 0.99, "test_images": 950, "test_rows": 1000, "retrained": True,
+              "first_pass": {"validation_accuracy": 0.985, "test_accuracy": 0.990}}
+    _write(tmp_path, "options", "pseudo-1", _run([3, 5], 64, 1, 0.989, pseudo_label=pseudo, tta=tta(0.98, 0.97)))
+    text = blocks.pipeline_options(Records(tmp_path))
+    assert "| TTA (default) | 1 | 98.50 -> 98.75 | 99.00 -> 99.30 | 5 views |" in text
+    assert text.count("5 views") == 1
+    assert "TTA on the held-out digits: +0.30 pp seed by seed, mean +0.30; on validation +0.25 pp" in text
+
+
 def test_deterministic_run_needs_its_default_run(tmp_path):
     _write(tmp_path, "options", "det-0", {**_run([3, 5], 64, 0, 0.99, wall=90.0),
                                           "train_config": {"deterministic": True}})
@@ -128,6 +146,11 @@ def test_deterministic_run_needs_its_default_run(tmp_path):
     # Nor is one of another batch size.
     _write(tmp_path, "default-b64", "moe-0", {**_run([3, 5], 64, 0, 0.99, wall=40.0),
                                               "train_config": {"deterministic": False, "batch_size": 64}})
+    with pytest.raises(RecordError, match="seed 0 has no run"):
+        blocks.pipeline_options(Records(tmp_path))
+    # Nor is one that predicted with TTA when the deterministic run did not.
+    _write(tmp_path, "default", "moe-0-tta", {**_run([3, 5], 64, 0, 0.99, wall=45.0),
+                                             "train_config": {"deterministic": False, "tta": True}})
     with pytest.raises(RecordError, match="seed 0 has no run"):
         blocks.pipeline_options(Records(tmp_path))
     _write(tmp_path, "default-pool", "moe-0", _run([3, 5], 64, 0, 0.99, wall=60.0))
