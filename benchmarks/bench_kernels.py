@@ -22,6 +22,9 @@ Two tables, one backend per run (`KERAS_BACKEND`):
     KERAS_BACKEND=tensorflow python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_tf.json
     KERAS_BACKEND=jax python benchmarks/bench_kernels.py --imbalance --json benchmarks/results/imbalance_cpu_jax.json
     KERAS_BACKEND=torch python benchmarks/bench_kernels.py --imbalance --predict --json benchmarks/results/imbalance_cpu_torch.json
+    KERAS_BACKEND=torch python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu_torch.json
+
+On PyTorch only the dispatch table runs (eager, as Keras trains there).
 """
 
 import argparse
@@ -52,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--ratios", default="3/2,2/1,4/2,3/1,8/2,4/1,8/1",
                         help="n/k pairs for the dispatch table")
     parser.add_argument("--imbalance", action="store_true", help="only the imbalance table")
+    parser.add_argument("--dispatch", action="store_true",
+                        help="only the dispatch table (the only one on PyTorch, which has no compiled grouped kernels here)")
     parser.add_argument("--tokens", default="1024,4096", help="tokens per step of the imbalance table")
     parser.add_argument("--predict", action="store_true", help="the imbalance table also times predict calls")
     parser.add_argument("--steps", type=int, default=5)
@@ -248,7 +253,12 @@ def main(argv=None):
     from pipelines import records
 
     start = time.perf_counter()
-    rows = imbalance_rows(args) if args.imbalance else grouped_rows(args) + dispatch_rows(args)
+    if args.imbalance:
+        rows = imbalance_rows(args)
+    elif args.dispatch or keras.backend.backend() == "torch":
+        rows = dispatch_rows(args)
+    else:
+        rows = grouped_rows(args) + dispatch_rows(args)
     return records.benchmark_record(args, start, rows, keras.backend.backend())
 
 

@@ -28,7 +28,7 @@ from moe_keras.dispatch import dropless
 from moe_keras.dispatch import expert_loop
 from moe_keras.dispatch import grouped
 
-DENSE_MAX_EXPERTS_PER_CHOICE = {"tensorflow": 1.25, "jax": 1.5}
+DENSE_MAX_EXPERTS_PER_CHOICE = {"tensorflow": 1.25, "jax": 1.5, "torch": 2.0}
 """`dispatch="auto"` runs every expert on every token while `n / k` is at
 most this bound for the backend (`dense_max_experts_per_choice`): there the
 dense einsum does little more than the active work and has none of the
@@ -40,11 +40,14 @@ dispatch rows, the median of per-pass ratios): on TensorFlow the dropless
 step took 0.71 (4,096 tokens) and 1.04 (128) of the dense one at
 `n / k = 1.25`, and from 1.33 on 0.12-0.59 and 0.43-0.85; on JAX, at 128
 tokens, 1.12-1.33 up to 1.5, 1.00 at 1.67 and 0.83-0.86 at 2, and at 4,096
-tokens 0.90 at 1.5 and 0.68-0.70 at 2. Other backends keep a bound of 2,
-unmeasured here."""
+tokens 0.90 at 1.5 and 0.68-0.70 at 2; on PyTorch (eager) dense won up to
+1.67 at both sizes (dropless 1.34-1.76 and 1.41-2.51 of it), split at 2
+(k=2: 1.53 and 1.12; k=1: 0.92 and 0.91) and lost from 3 on (0.48-0.85 and
+0.17-0.51)."""
 
 DEFAULT_DENSE_MAX_EXPERTS_PER_CHOICE = 2.0
-"""The bound for backends not in `DENSE_MAX_EXPERTS_PER_CHOICE`."""
+"""The bound for backends not in `DENSE_MAX_EXPERTS_PER_CHOICE` (unmeasured;
+PyTorch's)."""
 
 
 def dense_max_experts_per_choice():

@@ -877,11 +877,13 @@ def profile_branches(records: Records) -> str:
 
 # Kernels (benchmarks/results/kernels_*.json, written by benchmarks/bench_kernels.py) --
 
-KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.json"}
+KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.json", "torch": "kernels_cpu_torch.json"}
 
 
 def kernel_tables(run: dict) -> str:
     grouped = [r for r in run["rows"] if r["table"] == "grouped"]
+    if not grouped:  # PyTorch's records time the dispatch table alone
+        return dispatch_table(run)
     plain = {r["n"]: r for r in grouped if r["kernel"] == "plain_matmul"}
     rows = [[r["n"], r["kernel"], _spread(r["fwd_bwd_ms"], 1),
              _spread(_pass_ratios({"t": r["fwd_bwd_ms"]}, {"t": plain[r["n"]]["fwd_bwd_ms"]}, "t")),
@@ -928,7 +930,8 @@ def kernels(records: Records) -> str:
         kernel_tables, "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`).")
 
 
-KERNEL_SMALL_FILES = {"tensorflow": "kernels_small_cpu_tf.json", "jax": "kernels_small_cpu_jax.json"}
+KERNEL_SMALL_FILES = {"tensorflow": "kernels_small_cpu_tf.json", "jax": "kernels_small_cpu_jax.json",
+                      "torch": "kernels_small_cpu_torch.json"}
 
 
 @report_block("benchmarks/README.md", "kernels-small")
