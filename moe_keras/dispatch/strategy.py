@@ -46,8 +46,8 @@ tokens 0.90 at 1.5 and 0.68-0.70 at 2; on PyTorch (eager) dense won up to
 0.17-0.51)."""
 
 DEFAULT_DENSE_MAX_EXPERTS_PER_CHOICE = 2.0
-"""The bound for backends not in `DENSE_MAX_EXPERTS_PER_CHOICE` (unmeasured;
-PyTorch's)."""
+"""The bound for backends not in `DENSE_MAX_EXPERTS_PER_CHOICE` (unmeasured
+there)."""
 
 
 def dense_max_experts_per_choice():

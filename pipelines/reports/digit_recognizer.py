@@ -42,8 +42,8 @@ CV_SCREEN_RECORD = "reports/records/digit_recognizer_screen/cv_screen.json"
 SCREEN_RECORD = "reports/records/digit_recognizer_screen/screen.json"
 GRID_ENSEMBLE_SCREEN_RECORD = "reports/records/digit_recognizer_screen/cv_grid_ensemble.json"
 # The default's runs, then those of earlier defaults: the head on the dense
-# einsum and without TTA, the same recipe fed with tf.data autotuning on, batch 64 at 2e-3 on the strided trunk, and the
-# max-pool trunk before that.
+# einsum and no TTA, the same recipe fed with tf.data autotuning on, batch 64
+# at 2e-3 on the strided trunk, and the max-pool trunk before that.
 DEFAULT_FOLDERS = ("default", "default-einsum", "default-autotune", "default-b64", "default-pool")
 RUNS = "reports/records/digit_recognizer"
 # The targets.
