@@ -576,10 +576,11 @@ def summary_lines(record):
         )
     tta = record.get("tta")
     if tta:
-        lines.append(
-            f"tta            validation {tta['validation_accuracy']:.4f} over {len(tta['shifts'])} views, "
-            f"{tta['validation_accuracy_without']:.4f} without"
-        )
+        line = (f"tta            over {len(tta['shifts'])} views: validation {tta['validation_accuracy']:.4f} "
+                f"({tta['validation_accuracy_without']:.4f} without)")
+        if tta["test_accuracy_without"] is not None:
+            line += f", held-out test {tta['test_accuracy']:.4f} ({tta['test_accuracy_without']:.4f} without)"
+        lines.append(line)
     pseudo = record.get("pseudo_label")
     if pseudo:
         lines.append(

@@ -352,7 +352,9 @@ def test_tta_run_predicts_the_mean_over_the_shifted_images(tmp_path, monkeypatch
     assert tta["validation_accuracy"] == pytest.approx(
         ensemble.accuracy(saved["validation"], saved["validation_labels"]), abs=1 / 6)
     assert record["train_config"]["tta"] is True
-    assert any(line.startswith("tta ") and "over 5 views" in line for line in lines)
+    tta_line = next(line for line in lines if line.startswith("tta "))
+    assert "over 5 views" in tta_line
+    assert f"held-out test {tta['test_accuracy']:.4f} ({tta['test_accuracy_without']:.4f} without)" in tta_line
 
 
 class _Events:
