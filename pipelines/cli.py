@@ -120,7 +120,7 @@ def _add_train_arguments(parser):
     balance.add_argument("--diversity-loss", type=float, default=0.0)
     balance.add_argument("--overflow-loss", type=float, default=0.0)
     balance.add_argument("--z-loss", type=float, default=0.0)
-    balance.add_argument("--bias-rate", type=float, default=None, help="DeepSeek-V3 loss-free balancing rate (default: 1e-3 for K >= 2, off for K = 1; 0 turns it off)")
+    balance.add_argument("--bias-rate", type=float, default=None, help="DeepSeek-V3 loss-free balancing rate (default 1e-3; 0 turns it off)")
     balance.add_argument("--capacity-factor", type=float, default=None, help="expert capacity (default: dropless)")
     balance.add_argument("--router", choices=("cosine", "linear"), default="cosine", help="router logits: cosine similarity / temperature (default; bounded, does not saturate on the wide conv features) or the plain linear x W")
     balance.add_argument("--router-temperature", type=float, default=0.1, help="temperature of the cosine router (default 0.1)")

@@ -467,3 +467,15 @@ def test_recorded_only_with_no_records_says_so_and_exits_1(study, tmp_path, caps
     assert code == 1
     assert "no run of datasize is recorded under" in capsys.readouterr().err
     assert not (tmp_path / "out" / "datasize.csv").exists()
+
+
+def test_conv_experts_keep_the_routing_their_recorded_runs_had():
+    from pipelines.experiments import models as experiment_models
+    from pipelines.models import build_model
+
+    # No loss-free bias for k = 1, as when the runs were recorded (the
+    # pipeline's default has it since).
+    model = build_model(experiment_models.cnn_conv_experts("pixel"))
+    assert model.get_layer("moe_conv2").bias_update_rate == 0.0
+    model = build_model(experiment_models.cnn_conv_experts("sample", top_k=2))
+    assert model.get_layer("moe_conv2").bias_update_rate == 1e-3

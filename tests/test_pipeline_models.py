@@ -108,14 +108,15 @@ def test_mlp_baseline_is_784_128_64_10():
     assert dense == [128, 64, 10]
 
 
-def test_loss_free_bias_defaults_on_for_k_above_one_only():
+def test_loss_free_bias_defaults_on_for_every_k():
     from pipelines.models import resolve_routing
 
-    assert resolve_routing({}, 2)["bias_update_rate"] == 1e-3
-    assert resolve_routing({"bias_update_rate": None}, 1)["bias_update_rate"] == 0.0
-    assert resolve_routing({"bias_update_rate": 0.01}, 1)["bias_update_rate"] == 0.01
+    assert resolve_routing({})["bias_update_rate"] == 1e-3
+    assert resolve_routing({"bias_update_rate": None})["bias_update_rate"] == 1e-3
+    assert resolve_routing({"bias_update_rate": 0.0})["bias_update_rate"] == 0.0
+    assert resolve_routing({"bias_update_rate": 0.01})["bias_update_rate"] == 0.01
     model = build_model(ModelConfig(moe=(1, 5), conv_moe=(2, 4)))
-    assert model.get_layer("moe").bias_update_rate == 0.0
+    assert model.get_layer("moe").bias_update_rate == 1e-3
     assert model.get_layer("moe_conv2").bias_update_rate == 1e-3
 
 
