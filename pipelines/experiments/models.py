@@ -76,9 +76,9 @@ def cnn_dense_head() -> ModelConfig:
 def cnn_conv_experts(routing: str, num_experts: int = 4, top_k: int = 1) -> ModelConfig:
     """The CNN with its dense head and an `MoEConv2D` (top-k of n 3x3 conv
     experts, `routing` "sample" or "pixel") as the second block's first conv."""
-    # The recorded runs had the pipeline's routing defaults of their day, with
-    # no loss-free bias for k = 1 (the pipeline's default since December
-    # 2026): pending runs must match them.
+    # The recorded runs had the pipeline's routing defaults of their day: no
+    # loss-free bias for k = 1 (the pipeline has used it for every k since
+    # December 2026). Pending runs must match them.
     layer_routing = {"bias_update_rate": 0.0} if top_k == 1 else {}
     return ModelConfig(arch="cnn", moe=None, hidden=CNN_DENSE_HIDDEN, conv_moe=(top_k, num_experts),
                        conv_routing=routing, trunk=CNN_TRUNK, routing=layer_routing)
