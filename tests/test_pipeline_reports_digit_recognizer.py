@@ -242,6 +242,33 @@ def test_competition_grid_epochs_pairs_models_and_counts_slow_epochs(tmp_path):
     assert "Not recorded yet" in blocks.competition_grid_epochs(Records(tmp_path))
     # Before: 10, 20, 16 s; slow means over 1.5 x 10 = 15 s: two of three.
     run("grid-autotune", 64, 60.0, [10.0, 20.0, 16.0])
-    run("grid", 64, 30.0, [10.0, 11.0, 14.0])
+    run("grid-einsum", 64, 30.0, [10.0, 11.0, 14.0])
     text = blocks.competition_grid_epochs(Records(tmp_path))
     assert "| dense h64 | 60 | 16.0 (10.0-20.0) | 2 of 3 | 30 | 11.0 (10.0-14.0) | 0 of 3 | 0.50 | 90.00 / 90.00 |" in text
+
+
+def test_competition_grid_dropless_pairs_grids_and_reports_tta_and_ensembles(tmp_path):
+    folder = tmp_path / blocks.COMPETITION_GRID_RUNS
+
+    def write(name, record):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    def run(grid, wall, accuracy, tta=None):
+        record = {"model_config": {"moe": None, "hidden": 64, "arch": "cnn", "trunk": "strided"},
+                  "wall_time_s": wall, "timings": {"epoch_s": [10.0, 12.0]}, "test_accuracy": accuracy,
+                  "machine": MACHINE}
+        if tta is not None:
+            record["tta"] = {"test_accuracy": accuracy, "test_accuracy_without": tta}
+        write(f"{grid}/cnn-dense-h64.json", record)
+        write(f"{grid}/grid-ensemble.json", {"kind": "ensemble", "test_accuracy": accuracy + 0.01})
+
+    assert "Not recorded yet" in blocks.competition_grid_dropless(Records(tmp_path))
+    run("grid-einsum", 40.0, 0.90)
+    run("grid", 80.0, 0.915, tta=0.912)
+    text = blocks.competition_grid_dropless(Records(tmp_path))
+    assert "| dense h64 | 40 | 11.0 (10.0-12.0) | 0 of 2 | 80 | 11.0 (10.0-12.0) | 0 of 2 | 2.00 | 90.00 / 91.50 |" in text
+    assert "score 91.00 / 92.50% held-out" in text
+    # 91.5% with TTA, 91.2% without.
+    assert "dense h64 +0.30." in text

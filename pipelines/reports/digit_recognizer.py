@@ -163,17 +163,21 @@ def input_pipeline(records: Records) -> str:
 
 
 COMPETITION_GRID_RUNS = "reports/records/competition_grid"
-# Each competition-size grid's run records: with tf.data's autotuning on
-# (before), and off (now).
-COMPETITION_GRIDS = (("grid-autotune", "autotuning on (before)"), ("grid", "autotuning off (now)"))
+# The competition-size grids' run records, one folder each, compared in
+# pairs: the input pipeline with tf.data's autotuning on and off (the MoE
+# heads then on the dense einsum), and that grid against today's defaults
+# (the MoE heads on TensorFlow's dropless engine, test-time augmentation).
+AUTOTUNE_GRIDS = (("grid-autotune", "autotuning on (before)"), ("grid-einsum", "autotuning off (after)"))
+DROPLESS_GRIDS = (("grid-einsum", "einsum head (before)"), ("grid", "dropless head, TTA (now)"))
 
 
-def competition_grid_epochs_table(grids: dict[str, list[dict]]) -> str:
-    """Each grid model's training time and epochs, before and after the
-    input pipeline's fix; `grids` maps a folder of `COMPETITION_GRIDS` to its
-    run records. A slow epoch takes over 1.5x the run's fastest."""
+def competition_grid_epochs_table(grids: dict[str, list[dict]], pair=AUTOTUNE_GRIDS) -> str:
+    """Each grid model's training time, epochs and held-out accuracy in the
+    two grids of `pair` (`(folder, label)`, before then after); `grids`
+    maps each folder to its run records. A slow epoch takes over 1.5x the
+    run's fastest."""
     before, after = ({_model(r): r for r in grids[folder] if r.get("kind") != "ensemble"}
-                     for folder, _ in COMPETITION_GRIDS)
+                     for folder, _ in pair)
     rows = []
     for name, now in after.items():
         old = before[name]
@@ -186,26 +190,56 @@ def competition_grid_epochs_table(grids: dict[str, list[dict]]) -> str:
                   f"{_pct(old['test_accuracy'])} / {_pct(now['test_accuracy'])}"]
         rows.append(cells)
     header = ["model"]
-    for _, label in COMPETITION_GRIDS:
+    for _, label in pair:
         header += [f"{label}: training s", "epoch s, median (range)", "slow epochs"]
-    header += ["training now over before", "held-out % (before / now)"]
+    header += ["training after over before", "held-out % (before / after)"]
     return markdown_table(header, rows)
+
+
+def _competition_grids(records: Records, pair) -> dict[str, list[dict]]:
+    return {folder: [records.json(p) for p in records.glob(f"{COMPETITION_GRID_RUNS}/{folder}/*.json")]
+            for folder, _ in pair}
 
 
 @report_block("benchmarks/COMPETITION.md", "competition-grid-epochs")
 def competition_grid_epochs(records: Records) -> str:
-    grids = {folder: [records.json(p) for p in records.glob(f"{COMPETITION_GRID_RUNS}/{folder}/*.json")]
-             for folder, _ in COMPETITION_GRIDS}
+    grids = _competition_grids(records, AUTOTUNE_GRIDS)
     if not all(grids.values()):
         return f"Not recorded yet (`{COMPETITION_GRID_RUNS}/`)."
-    machine = _machine(grids["grid"][0])
+    machine = _machine(grids["grid-einsum"][0])
     return (f"{competition_grid_epochs_table(grids)}\n\nThe six models of `--grid` on the 42,000-row CSVs, 32 "
             f"epochs each, seed 0; the two grids ran on different days ({machine}); nothing else ran beside the "
             f"first, and short probes and unit tests ran beside the second for a few minutes of MoE(1,5) h64's "
             f"and MoE(3,5) h64's training. A slow epoch takes over 1.5x its run's fastest. Records: "
-            f"`{COMPETITION_GRID_RUNS}/grid-autotune/` and `{COMPETITION_GRID_RUNS}/grid/` (the runs' own "
+            f"`{COMPETITION_GRID_RUNS}/grid-autotune/` and `{COMPETITION_GRID_RUNS}/grid-einsum/` (the runs' own "
             f"records; the benchmark's are `benchmarks/results/competition_grid_cpu_autotune.json` and "
-            f"`benchmarks/results/competition_grid_cpu.json`).")
+            f"`benchmarks/results/competition_grid_cpu_einsum.json`).")
+
+
+def _tta_gains(runs: list[dict]) -> str:
+    """Each run's held-out accuracy with test-time augmentation minus
+    without, in pp, as `model +x.xx` items."""
+    gains = [f"{_model(r)} {100 * (r['tta']['test_accuracy'] - r['tta']['test_accuracy_without']):+.2f}"
+             for r in runs if r.get("kind") != "ensemble" and r.get("tta")]
+    return ", ".join(gains)
+
+
+@report_block("benchmarks/COMPETITION.md", "competition-grid-dropless")
+def competition_grid_dropless(records: Records) -> str:
+    grids = _competition_grids(records, DROPLESS_GRIDS)
+    if not all(grids.values()):
+        return f"Not recorded yet (`{COMPETITION_GRID_RUNS}/grid/`)."
+    machine = _machine(grids["grid"][0])
+    ensembles = {folder: next((r for r in runs if r.get("kind") == "ensemble"), None)
+                 for folder, runs in grids.items()}
+    ensemble_line = " / ".join(_pct(e and e.get("test_accuracy")) for e in ensembles.values())
+    return (f"{competition_grid_epochs_table(grids, DROPLESS_GRIDS)}\n\nThe six models of `--grid` on the "
+            f"42,000-row CSVs, 32 epochs each, seed 0, on different days ({machine}), so their times compare only "
+            f"within a grid. The ensembles (mean of the six) score {ensemble_line}% held-out (before / after). "
+            f"Held-out accuracy with test-time augmentation minus without, in the later grid's runs, pp: "
+            f"{_tta_gains(grids['grid'])}. Records: `{COMPETITION_GRID_RUNS}/grid-einsum/` and "
+            f"`{COMPETITION_GRID_RUNS}/grid/` (the runs' own records; the benchmark's are "
+            f"`benchmarks/results/competition_grid_cpu_einsum.json` and `benchmarks/results/competition_grid_cpu.json`).")
 
 
 # The recipe screen (validation only) --------------------------------------------
