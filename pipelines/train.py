@@ -49,6 +49,10 @@ class TrainConfig:
         tta: test-time augmentation: predictions (test and validation
             probabilities, held-out test accuracy) are the mean softmax over
             each image and its one-pixel shifts (`ensemble.TTA_SHIFTS`).
+        ema: `None`, or a momentum in (0, 1): Adam keeps an exponential
+            moving average of the weights (Polyak averaging), validation and
+            early stopping see the averaged weights (`SwapEMAWeights`), and
+            the model keeps them.
         pseudo_label: `None`, or a threshold in (0, 1]: `train_run` trains,
             labels the test images whose top probability reaches it, then
             trains a fresh model on the training split plus those images.
@@ -82,6 +86,7 @@ class TrainConfig:
     # +0.15) above the plain prediction on validation folds
     # (reports/digit_recognizer_grid.md, "Cross-validated screen").
     tta: bool = True
+    ema: float | None = None
     pseudo_label: float | None = None
     steps_per_execution: int | str = "epoch"
 
@@ -91,6 +96,8 @@ class TrainConfig:
             raise ValueError(
                 f"`pseudo_label` (the confidence threshold) must be in (0, 1]; got {self.pseudo_label}."
             )
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"`ema` (the averaging momentum) must be in (0, 1); got {self.ema}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}; got {self.schedule!r}.")
         if not 0 <= self.early_stopping_start < 1:
@@ -307,7 +314,11 @@ def compiled_model(model_config, train_config, steps_per_epoch):
     if steps_per_execution == "epoch":
         steps_per_execution = steps_per_epoch
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch)),
+        optimizer=keras.optimizers.Adam(
+            learning_rate(train_config, steps_per_epoch),
+            use_ema=train_config.ema is not None,
+            ema_momentum=0.99 if train_config.ema is None else train_config.ema,
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=train_config.jit_compile,
@@ -340,12 +351,15 @@ def fit(model_config, train_config, x_train, y_train, x_val, y_val, callbacks=()
         # First, so that its statistics are in the logs the others see.
         usage = ExpertUsage()
         timer = _EpochTimer()
+        # Before early stopping: it swaps the averaged weights in at each
+        # epoch's end, so early stopping keeps and restores those.
+        averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train_config.ema else []
         history = model.fit(
             batches(x_train, y_train, train_config.batch_size, shuffle_seed=train_config.seed),
             validation_data=batches(x_val, y_val, train_config.batch_size),
             epochs=train_config.epochs,
             shuffle=False,  # `batches` reshuffles every epoch itself
-            callbacks=[usage, timer, early_stopping(train_config), *callbacks],
+            callbacks=[usage, timer, *averaging, early_stopping(train_config), *callbacks],
             verbose=train_config.verbose,
         ).history
     return FitResult(model, history, usage, timer.seconds)

@@ -41,6 +41,13 @@ ARMS = {
     "elastic": (dict(elastic=34.0), dict()),
     "elastic48": (dict(elastic=34.0), dict(epochs=48)),
     "elastic12": (dict(elastic=12.0), dict()),
+    # The default again at a later commit (the MoE head on the dropless
+    # engine, test-time augmentation), the control of the arms after it.
+    "default": (dict(), dict()),
+    # Polyak averaging of the weights (`TrainConfig.ema`): Adam's moving
+    # average over about 100 and 200 steps (4 and 8 epochs of 24 steps).
+    "ema99": (dict(), dict(ema=0.99)),
+    "ema995": (dict(), dict(ema=0.995)),
 }
 OPTIMIZER_OPTIONS = {"wd05": dict(weight_decay=0.05)}
 
