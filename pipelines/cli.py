@@ -328,17 +328,33 @@ def _load_record(path):
 
 def _finished(record, model_config, train_config):
     """A run counts as done when its record says so for the same config."""
-    from dataclasses import asdict
-
     return (
         record is not None
         and record.get("status") == "complete"
-        and record.get("model_config") == _jsonable(asdict(model_config))
-        and record.get("train_config") == _jsonable(asdict(train_config))
+        and _same_config(record.get("model_config"), model_config)
+        and _same_config(record.get("train_config"), train_config)
         and bool(record.get("submission")) and Path(record["submission"]).exists()
         # An ensemble needs the run's saved probabilities.
         and bool(record.get("probabilities")) and Path(record["probabilities"]).exists()
     )
+
+
+def _same_config(recorded, config):
+    """Whether a record's `recorded` config dict is `config`'s.
+
+    A field added to the config after the record was written counts as
+    its default there, so a grid recorded by an earlier version resumes
+    unless the run asks for something the record's run did not do.
+    """
+    from dataclasses import MISSING, asdict, fields
+
+    if not isinstance(recorded, dict):
+        return False
+    current = _jsonable(asdict(config))
+    defaults = {f.name: _jsonable(f.default) for f in fields(config) if f.default is not MISSING}
+    added = {name: value for name, value in current.items()
+             if name not in recorded and name in defaults and defaults[name] == value}
+    return {**added, **recorded} == current
 
 
 def _jsonable(value):

@@ -111,6 +111,19 @@ def test_grid_trains_each_config_once_and_resumes(tmp_path, monkeypatch, capsys)
     assert (out_dir / "mlp-moe1of2-h4-s0.json").stat().st_mtime_ns == records["mlp-moe1of2-h4-s0.json"]
 
 
+def test_resume_takes_a_field_missing_from_an_older_record_as_its_default():
+    from dataclasses import asdict
+
+    from pipelines.train import TrainConfig
+
+    recorded = json.loads(json.dumps(asdict(TrainConfig())))
+    del recorded["ema"]  # a record written before the field existed
+    assert cli._same_config(recorded, TrainConfig())
+    assert not cli._same_config(recorded, TrainConfig(ema=0.99))
+    assert not cli._same_config({**recorded, "epochs": 31}, TrainConfig())
+    assert not cli._same_config(None, TrainConfig())
+
+
 def test_submit_flag_uploads_and_records_public_score(tmp_path, kaggle_server):
     source = write_tiny_competition(tmp_path / "data")
     out = tmp_path / "run.csv"

@@ -426,6 +426,40 @@ def test_pseudo_label_threshold_must_be_a_probability(threshold):
         TrainConfig(pseudo_label=threshold)
 
 
+class _RawWeights(keras.callbacks.Callback):
+    """The trained (not averaged) weights after every step."""
+
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.trainable_weights])
+
+
+def test_ema_model_keeps_the_moving_average_of_the_trained_weights():
+    x, y = _tiny_images()
+    momentum = 0.6
+    raw = _RawWeights()
+    config = TrainConfig(epochs=1, batch_size=10, verbose=0, ema=momentum, steps_per_execution=1)
+    model = train.fit(TINY_MLP, config, x[:40], y[:40], x[40:], y[40:], callbacks=[raw]).model
+    assert len(raw.steps) == 4
+    # Adam's average starts at the first step's weights, then moves by
+    # `1 - momentum` towards each step's.
+    average = raw.steps[0]
+    for step in raw.steps[1:]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step)]
+    kept = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    for expected, actual in zip(average, kept):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(kept[0], raw.steps[-1][0])
+
+
+@pytest.mark.parametrize("momentum", [0, 1, 1.5])
+def test_ema_momentum_must_be_between_0_and_1(momentum):
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=momentum)
+
+
 # Determinism -------------------------------------------------------------------
 
 
