@@ -32,6 +32,7 @@ SUBMISSIONS_DIR = Path("submissions")
 GRID_TABLE_STEM = "grid-results"
 GRID_ENSEMBLE_STEM = "grid-ensemble"
 DEFAULT_PSEUDO_LABEL_THRESHOLD = 0.99
+DEFAULT_EMA_MOMENTUM = 0.99
 
 # The reference write-up's models as (moe, hidden), plus the dense
 # baselines: the usual one (h64) and the one with the active parameters of
@@ -99,6 +100,16 @@ def _threshold(text):
     return value
 
 
+def _momentum(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a momentum in (0, 1), got {text!r}")
+    return value
+
+
 def _add_train_arguments(parser):
     model = parser.add_argument_group("model")
     model.add_argument("--moe", type=_pair, metavar="K,N", help="MoE(K,N) feature block: top-K of N experts (omit for the dense baseline)")
@@ -138,6 +149,7 @@ def _add_train_arguments(parser):
     training.add_argument("--distribute", choices=("data", "experts"), help="data parallelism (MirroredStrategy on TF, DataParallel on JAX) or expert parallelism (JAX keras.distribution)")
     training.add_argument("--quiet", action="store_true", help="no progress bars")
     training.add_argument("--pseudo-label", type=_threshold, nargs="?", const=DEFAULT_PSEUDO_LABEL_THRESHOLD, default=None, metavar="THRESHOLD", help=f"train, label the test images the model gives at least THRESHOLD (default {DEFAULT_PSEUDO_LABEL_THRESHOLD}) probability, then train a fresh model on both")
+    training.add_argument("--ema", type=_momentum, nargs="?", const=DEFAULT_EMA_MOMENTUM, default=None, metavar="MOMENTUM", help=f"keep and predict with an exponential moving average of the weights (Polyak averaging; momentum default {DEFAULT_EMA_MOMENTUM}); validation and early stopping see the averaged weights")
     training.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="test-time augmentation: predict the mean softmax over each image and its four one-pixel shifts (default on; --no-tta predicts the image alone)")
     io_group = parser.add_argument_group("data and outputs")
     io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
@@ -230,6 +242,7 @@ def _configs_from_args(args):
         deterministic=args.deterministic,
         tta=args.tta,
         pseudo_label=args.pseudo_label,
+        ema=args.ema,
     )
     return model_config, train_config
 

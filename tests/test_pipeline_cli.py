@@ -87,6 +87,19 @@ def test_bad_arguments_exit_2(capsys):
     assert "K <= N" in capsys.readouterr().err
 
 
+def test_ema_flag_takes_an_optional_momentum(capsys):
+    def ema(*flags):
+        return cli._configs_from_args(cli._parser().parse_args(["train", *flags]))[1].ema
+
+    assert ema() is None
+    assert ema("--ema") == cli.DEFAULT_EMA_MOMENTUM
+    assert ema("--ema", "0.995") == 0.995
+    with pytest.raises(SystemExit) as exit_info:
+        ema("--ema", "1")
+    assert exit_info.value.code == 2
+    assert "momentum in (0, 1)" in capsys.readouterr().err
+
+
 def test_grid_trains_each_config_once_and_resumes(tmp_path, monkeypatch, capsys):
     source = write_tiny_competition(tmp_path / "data")
     monkeypatch.setattr(cli, "GRID", (((1, 2), 4), (None, 64)))
