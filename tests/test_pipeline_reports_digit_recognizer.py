@@ -212,6 +212,27 @@ def test_cv_screen_pairs_arms_by_fold_and_summarises_tta(tmp_path):
     assert "No cross-validated screen" in blocks.cv_screen(Records(tmp_path / "empty"))
 
 
+def test_cv_screen_pairs_an_arm_with_the_control_its_record_names(tmp_path):
+    def run(arm, fold, accuracy):
+        return {"arm": arm, "fold": fold, "val_acc": accuracy, "val_acc_tta": accuracy, "val_nll": 0.05,
+                "epoch_s": [3.0, 1.0, 1.0]}
+
+    arms = {"base": "default", "default": "default, later", "ema": "averaged"}
+    record = {"config": {"arms": arms, "controls": {"ema": "default"}}, "machine": MACHINE, "runs": [
+        run("base", 0, 0.990), run("base", 1, 0.990),
+        run("default", 0, 0.980), run("default", 1, 0.985),
+        run("ema", 0, 0.981), run("ema", 1, 0.988),
+    ]}
+    path = tmp_path / blocks.CV_SCREEN_RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    text = blocks.cv_screen(Records(tmp_path))
+    # ema minus default: +0.1 and +0.3 pp, mean +0.2, sd 0.1414 -> half width 12.706 * 0.1 = 1.27.
+    assert "| `ema` | averaged | 0, 1 | 98.45 (98.10-98.80) | +0.20 [-1.07, +1.47] (minus `default`) |" in text
+    # default has no control named: it pairs with base (-1.0 and -0.5 pp).
+    assert "| `default` | default, later | 0, 1 | 98.25 (98.00-98.50) | -0.75 [-3.93, +2.43] |" in text
+
+
 def test_grid_ensemble_screen_pairs_bagged_with_shared_by_fold(tmp_path):
     def run(arm, fold, accuracy, members):
         return {"arm": arm, "fold": fold, "val_acc": accuracy, "val_nll": 0.04,

@@ -254,23 +254,28 @@ def _paired_cell(values, base, scale=1.0, digits=2) -> str:
 
 def _screen_table(run: dict, unit: str) -> str:
     """The table of a screen record, one row per arm: each arm's validation
-    accuracy and loss against the `base` arm's, paired by `unit` ("seed" or
-    "fold")."""
+    accuracy and loss against its control's, paired by `unit` ("seed" or
+    "fold"). An arm's control is the `base` arm unless the record's
+    `config.controls` names another (an arm run at a later commit pairs
+    with that commit's own default)."""
     by_arm: dict[str, dict[int, dict]] = {}
     for r in run["runs"]:
         by_arm.setdefault(r["arm"], {})[r[unit]] = r
-    base = by_arm["base"]
+    controls = run["config"].get("controls", {})
     rows = []
     for arm, by_unit in by_arm.items():
+        control = controls.get(arm, "base")
+        base = by_arm[control]
+        against = "" if control == "base" else f" (minus `{control}`)"
         units = sorted(set(by_unit) & set(base))
         accuracy = [by_unit[u]["val_acc"] for u in units]
         loss = [by_unit[u]["val_nll"] for u in units]
         rows.append([
             f"`{arm}`", run["config"]["arms"][arm], ", ".join(map(str, units)),
             f"{100 * statistics.fmean(accuracy):.2f} ({100 * min(accuracy):.2f}-{100 * max(accuracy):.2f})",
-            "-" if arm == "base" else _paired_cell(accuracy, [base[u]["val_acc"] for u in units], 100),
+            "-" if arm == control else _paired_cell(accuracy, [base[u]["val_acc"] for u in units], 100) + against,
             f"{statistics.fmean(loss):.4f}",
-            "-" if arm == "base" else _paired_cell(loss, [base[u]["val_nll"] for u in units], digits=4),
+            "-" if arm == control else _paired_cell(loss, [base[u]["val_nll"] for u in units], digits=4) + against,
             f"{statistics.median(statistics.median(by_unit[u]['epoch_s'][1:]) for u in units):.2f}",
         ])
     return markdown_table(["arm", "recipe", f"{unit}s", "validation % mean (range)", "minus base, pp [95% t]",
@@ -298,7 +303,7 @@ def cv_screen(records: Records) -> str:
     tta = [100 * (r["val_acc_tta"] - r["val_acc"]) for r in run["runs"] if "val_acc_tta" in r]
     mean, low, high = t_interval(tta)
     return (f"{table}\n\nMoE(3,5) h64; fold f of a stratified 4-fold split of the 4,000 training digits "
-            f"(3,000 train, 1,000 validation, seed f); a row's pairs are its folds against base's. "
+            f"(3,000 train, 1,000 validation, seed f); a row's pairs are its folds against its control's (base's, unless the row names another). "
             f"Test-time augmentation (the mean over the image and its four one-pixel shifts) minus the "
             f"plain prediction, over the {len(tta)} runs that recorded both: {mean:+.2f} pp, 95% t interval "
             f"[{low:+.2f}, {high:+.2f}]. Epoch s: the median over folds of each run's median epoch after the "
