@@ -11,7 +11,9 @@ Two tables, one backend per run (`KERAS_BACKEND`):
   loop over the blocks, the JAX default), and on JAX `jax.lax.ragged_dot`.
 * `dispatch`: a whole `MoEDense` train step (`train_on_batch`, SGD) with
   `dispatch="dense"` against the default dropless sparse dispatch, for
-  `n / k` from 1.5 to 8: where `dispatch="auto"` should switch.
+  `n / k` from 1.5 to 8: where `dispatch="auto"` should switch; and the
+  dense dispatch as stacked einsums (`dense_einsum`, the path before the
+  experts became two plain matmuls), side by side.
 * `imbalance` (`--imbalance`): the same train step with a spread router and
   with one collapsed onto one or two experts, for the dense dispatch and
   the dropless engines forced to buffers, forced to sorted rows, and as
@@ -143,6 +145,24 @@ def grouped_rows(args):
     return rows
 
 
+def stacked_einsum_moe():
+    """`MoEDense` whose dense dispatch runs the experts as stacked einsums,
+    `(n, T, h)` then `(n, T, units)` mixed by a third einsum: the dense
+    path before the experts' layers became two plain matmuls
+    (`MoEDense._mix_all_experts`), for a side-by-side measurement."""
+    from keras import ops
+
+    from moe_keras import MoEDense
+    from moe_keras.dispatch import dense_combine
+
+    class StackedEinsumMoEDense(MoEDense):
+        def _mix_all_experts(self, weights, tokens, combine=None, training=False):
+            outputs = self._run_experts(weights, tokens, training)
+            return ops.sum(outputs, axis=0) if combine is None else dense_combine(outputs, combine)
+
+    return StackedEinsumMoEDense
+
+
 def dispatch_rows(args):
     import keras
 
@@ -150,14 +170,16 @@ def dispatch_rows(args):
 
     tokens = args.rows // 2
     x = np.random.default_rng(1).normal(size=(tokens, args.features)).astype("float32")
+    layers = {"dense": MoEDense, "sparse": MoEDense, "dense_einsum": stacked_einsum_moe()}
     models = {}
     for n, k in args.ratios:
-        for mode in ("dense", "sparse"):
+        for mode, layer in layers.items():
             keras.utils.set_random_seed(0)
             inputs = keras.Input((args.features,))
             # The same active expert width per token for every n/k.
             hidden = max(1, 2 * args.hidden // k)
-            outputs = MoEDense(args.features, n, top_k=k, expert_hidden=hidden, dispatch=mode)(inputs)
+            dispatch = "sparse" if mode == "sparse" else "dense"
+            outputs = layer(args.features, n, top_k=k, expert_hidden=hidden, dispatch=dispatch)(inputs)
             model = keras.Model(inputs, outputs)
             model.compile(optimizer="sgd", loss="mse")
             models[(n, k, mode)] = model
@@ -168,7 +190,7 @@ def dispatch_rows(args):
     rows = []
     for (n, k, mode), passes in times.items():
         rows.append({"table": "dispatch", "n": n, "k": k, "dispatch": mode, "train_ms": passes})
-        print(f"dispatch n={n:<3d} k={k} {mode:7s} {statistics.median(passes):8.1f} ms", flush=True)
+        print(f"dispatch n={n:<3d} k={k} {mode:12s} {statistics.median(passes):8.1f} ms", flush=True)
     return rows
 
 

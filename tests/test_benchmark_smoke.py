@@ -223,7 +223,7 @@ def test_imbalance_benchmark_quick_collapses_the_router_and_restores_the_bound(t
     assert record["rows"] == rows
 
 
-def test_kernel_benchmark_dispatch_only_times_dense_against_dropless(tmp_path):
+def test_kernel_benchmark_dispatch_only_times_dense_einsum_and_dropless(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -232,9 +232,11 @@ def test_kernel_benchmark_dispatch_only_times_dense_against_dropless(tmp_path):
     spec.loader.exec_module(bench)
     bench.main(["--quick", "--dispatch", "--json", str(tmp_path / "kernels.json")])
     rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
-    # --quick's ratios 2/1 and 4/1, each dense and dropless; no grouped-kernel rows.
+    # --quick's ratios 2/1 and 4/1, each dense, dense as stacked einsums and
+    # dropless; no grouped-kernel rows.
     assert sorted((r["n"], r["k"], r["dispatch"]) for r in rows) == [
-        (2, 1, "dense"), (2, 1, "sparse"), (4, 1, "dense"), (4, 1, "sparse")]
+        (2, 1, "dense"), (2, 1, "dense_einsum"), (2, 1, "sparse"),
+        (4, 1, "dense"), (4, 1, "dense_einsum"), (4, 1, "sparse")]
     assert all(r["table"] == "dispatch" and len(r["train_ms"]) == 1 and r["train_ms"][0] > 0 for r in rows)
 
 

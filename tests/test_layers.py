@@ -261,6 +261,23 @@ def test_shared_experts_are_added_to_the_mixture():
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dispatch", ["dense", "sparse"])
+def test_shared_mlp_experts_are_added_to_the_mixture(dispatch):
+    x = np.random.default_rng(5).normal(size=(6, 5)).astype("float32")
+    layer = MoEDense(3, num_experts=3, num_shared_experts=2, top_k=1, expert_hidden=4, dispatch=dispatch)
+    y = np_(layer(x))
+    probs = softmax(x @ np_(layer.router_kernel))
+    top = probs.argmax(-1)
+
+    def mlp(weights, e, rows):
+        hidden = np.maximum(rows @ np_(weights["hidden_kernel"])[e] + np_(weights["hidden_bias"])[e], 0)
+        return hidden @ np_(weights["kernel"])[e] + np_(weights["bias"])[e]
+
+    expected = np.stack([probs[t, top[t]] * mlp(layer.experts, top[t], x[t]) for t in range(6)])
+    expected += mlp(layer.shared_experts, 0, x) + mlp(layer.shared_experts, 1, x)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("hidden", [None, 6])
 def test_dense_and_sparse_dispatch_agree(hidden):
     x = np.random.default_rng(2).normal(size=(4, 5, 6)).astype("float32")

@@ -147,6 +147,22 @@ def test_imbalance_table_adds_predict_columns_when_the_record_has_them():
     assert table.splitlines()[2].endswith("| 0.75 (0.50-1.00) | 20 (10-30) | 30 (20-40) | 0.88 (0.25-1.50) |")
 
 
+def test_dispatch_table_adds_the_stacked_einsums_when_the_record_has_them():
+    def row(dispatch, train):
+        return {"table": "dispatch", "n": 4, "k": 2, "dispatch": dispatch, "train_ms": train}
+
+    times = {"dense": [10.0, 12.0], "sparse": [5.0, 9.0]}
+    plain = reports.dispatch_table({"rows": [row(d, t) for d, t in times.items()]})
+    assert "stacked" not in plain
+    # Dropless over dense pass by pass: 0.5 and 0.75, median 0.625.
+    assert "| 2 | 4 | 2 | 11.0 (10.0-12.0) | 7.0 (5.0-9.0) | 0.62 (0.50-0.75) | sparse |" in plain
+    times["dense_einsum"] = [20.0, 16.0]
+    table = reports.dispatch_table({"rows": [row(d, t) for d, t in times.items()]})
+    assert table.splitlines()[0].endswith("| dense as stacked einsums ms | dense over stacked einsums |")
+    # Dense over the stacked einsums: 10/20 and 12/16, median 0.625.
+    assert table.splitlines()[2].endswith("| sparse | 18.0 (16.0-20.0) | 0.62 (0.50-0.75) |")
+
+
 def test_targets_table_counts_every_run(tmp_path, monkeypatch):
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)

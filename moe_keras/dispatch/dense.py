@@ -1,7 +1,9 @@
-"""Dense dispatch: every expert runs on every token, one einsum.
+"""Dense dispatch: every expert runs on every token.
 
 Its cost grows with `n`, but it has no gather, sort or scatter at all, so
-for a few small experts (`n / k` small) it is the fastest path.
+for a few small experts (`n / k` small) it is the fastest path. `MoEDense`
+runs MLP experts there as two plain matmuls (`MoEDense._mix_all_experts`);
+linear experts are mixed here.
 """
 
 from keras import ops

@@ -2,7 +2,7 @@
 
 Three strategies compute the same mixture (`choose_dispatch`):
 
-* `"dense"`: every expert on every token, one einsum (`dense.py`). Its
+* `"dense"`: every expert on every token (`dense.py`). Its
   cost is `n / k` times the active compute, which only pays when that
   ratio is small and the per-token gathers would cost more
   (`DENSE_MAX_EXPERTS_PER_CHOICE`, per backend).
@@ -31,19 +31,19 @@ from moe_keras.dispatch import grouped
 DENSE_MAX_EXPERTS_PER_CHOICE = {"tensorflow": 1.25, "jax": 1.5, "torch": 2.0}
 """`dispatch="auto"` runs every expert on every token while `n / k` is at
 most this bound for the backend (`dense_max_experts_per_choice`): there the
-dense einsum does little more than the active work and has none of the
-sparse path's sorting and gathering. Measured as a whole `MoEDense` train
-step, dense against dropless, at 4,096 tokens and at 128 (a classifier
-head routes one token per image) on 2 CPU cores
-(`benchmarks/results/kernels_cpu_*.json`, `kernels_small_cpu_*.json`, the
-dispatch rows, the median of per-pass ratios): on TensorFlow the dropless
-step took 0.71 (4,096 tokens) and 1.04 (128) of the dense one at
-`n / k = 1.25`, and from 1.33 on 0.12-0.59 and 0.43-0.85; on JAX, at 128
-tokens, 1.12-1.33 up to 1.5, 1.00 at 1.67 and 0.83-0.86 at 2, and at 4,096
-tokens 0.90 at 1.5 and 0.68-0.70 at 2; on PyTorch (eager) dense won up to
-1.67 at both sizes (dropless 1.34-1.76 and 1.41-2.51 of it), split at 2
-(k=2: 1.53 and 1.12; k=1: 0.92 and 0.91) and lost from 3 on (0.48-0.85 and
-0.17-0.51)."""
+dense dispatch (two plain matmuls for MLP experts) does little more than
+the active work and has none of the sparse path's sorting and gathering.
+Measured as a whole `MoEDense` train step, dense against dropless, at
+4,096 tokens and at 128 (a classifier head routes one token per image) on
+2 CPU cores (`benchmarks/results/dispatch_cpu_*.json`,
+`dispatch_small_cpu_*.json`, the median of per-pass ratios): on TensorFlow
+the dropless step took 1.01 (4,096 tokens) and 1.23 (128) of the dense one
+at `n / k = 1.25`, and from 1.33 on 0.13-0.87 and 0.59-0.99; on JAX
+1.09-1.46 and 1.12-1.44 up to 1.5, 0.97 and 1.04 at 1.67, 0.73-0.81 and
+0.98-1.11 at 2, and 0.20-0.52 and 0.41-0.68 from 3 on; on PyTorch (eager)
+dense won up to 1.67 at both sizes (dropless 1.56-2.85 of it), split at 2
+(k=2: 1.09 and 1.22; k=1: 0.84 and 1.07) and lost from 3 on (0.15-0.49
+and 0.42-0.85)."""
 
 DEFAULT_DENSE_MAX_EXPERTS_PER_CHOICE = 2.0
 """The bound for backends not in `DENSE_MAX_EXPERTS_PER_CHOICE` (unmeasured

@@ -56,11 +56,15 @@ class MoEDense(MoELayer):
         eval_capacity_factor: the same cap at inference. `None` (default)
             is dropless, so every prediction gets all its experts; Mesh
             TensorFlow and Switch use a larger factor than in training (2.0).
-        dispatch: `"dense"` runs every expert on every token (one einsum,
-            fastest for small experts); `"sparse"` gathers each expert's
-            tokens into capacity-sized buffers (compute independent of `n`);
-            `"auto"` picks sparse when a capacity factor makes buffers at
-            most half the batch. Both give the same output.
+        dispatch: `"auto"` (default) picks per call
+            (`moe_keras.dispatch.strategy.choose_dispatch`): every expert
+            on every token while `n / k` is at most the backend's bound,
+            dropless sparse otherwise (compute `~ T * k`, whatever `n`),
+            capacity-sized buffers when a capacity factor is set.
+            `"dense"` runs every expert on every token (MLP experts as two
+            plain matmuls over their concatenated weights); `"sparse"` is
+            dropless, or the capacity buffers with a capacity factor. All
+            compute the same mixture, less any slots a capacity drops.
         **kwargs: the expert-weight arguments of `MoELayer` (`activation`
             of the layer output, `use_bias`, `kernel_initializer`,
             `bias_initializer`, `kernel_regularizer`, `bias_regularizer`,
@@ -232,6 +236,44 @@ class MoEDense(MoELayer):
             y = y + weights["bias"][:, None, :]
         return y
 
+    def _mix_all_experts(self, weights, tokens, combine=None, training=False):
+        """Every expert on every `(T, d)` token, mixed by `(T, e)` weights
+        (all ones when `combine` is `None`) -> `(T, units)`.
+
+        MLP experts run as two plain matmuls: the first layers over their
+        concatenated kernels, then the mixing weights scale the hidden
+        activations, so the second layers sum over experts inside one
+        matmul. Stacked einsums would make `(e, T, h)` and `(e, T, units)`
+        intermediates in expert-major layout instead.
+        """
+        if self.expert_hidden is None:
+            outputs = self._run_experts(weights, tokens, training)
+            if combine is None:
+                return ops.sum(outputs, axis=0)
+            return dispatch_lib.dense_combine(outputs, combine)
+        num_experts, input_dim, hidden_units = weights["hidden_kernel"].shape
+        width = num_experts * hidden_units
+        hidden = ops.matmul(
+            tokens,
+            ops.reshape(ops.transpose(weights["hidden_kernel"], (1, 0, 2)), (input_dim, width)),
+        )
+        hidden = ops.reshape(hidden, (-1, num_experts, hidden_units))
+        if self.use_bias:
+            hidden = hidden + weights["hidden_bias"]
+        hidden = self.expert_activation(hidden)
+        hidden = self._hidden_dropout(hidden, training)
+        if combine is not None:
+            hidden = hidden * ops.cast(combine, hidden.dtype)[:, :, None]
+        outputs = ops.matmul(
+            ops.reshape(hidden, (-1, width)), ops.reshape(weights["kernel"], (width, self.units))
+        )
+        if self.use_bias:
+            if combine is None:
+                outputs = outputs + ops.sum(weights["bias"], axis=0)
+            else:
+                outputs = outputs + ops.matmul(ops.cast(combine, outputs.dtype), weights["bias"])
+        return outputs
+
     def _run_one_expert(self, x, weights, dropout_mask=None, training=False):
         """One expert: its `(C, d)` rows and its own weights -> `(C, units)`."""
         if self.expert_hidden is not None:
@@ -325,9 +367,7 @@ class MoEDense(MoELayer):
                 self.num_experts,
                 result.keep,
             )
-            outputs = dispatch_lib.dense_combine(
-                self._run_experts(self.experts, tokens, training), combine
-            )
+            outputs = self._mix_all_experts(self.experts, tokens, combine, training)
         elif strategy == "capacity":
             plan = dispatch_lib.sparse_dispatch_plan(
                 result.expert_indices,
@@ -346,8 +386,7 @@ class MoEDense(MoELayer):
         else:
             outputs = self._dropless(tokens, result, token_mask, training)
         if self.shared_experts is not None:
-            shared = self._run_experts(self.shared_experts, tokens, training)
-            outputs = outputs + ops.sum(shared, axis=0)
+            outputs = outputs + self._mix_all_experts(self.shared_experts, tokens, training=training)
         outputs = self.activation(outputs)
         return reshape_like(outputs, inputs, (self.units,))
 
@@ -372,8 +411,7 @@ class MoEDense(MoELayer):
             ops.reshape(outputs, (-1, self.units)), flat, num_segments=num_tokens
         )
         if self.shared_experts is not None:
-            shared = self._run_experts(self.shared_experts, tokens, training)
-            outputs = outputs + ops.sum(shared, axis=0)
+            outputs = outputs + self._mix_all_experts(self.shared_experts, tokens, training=training)
         return self.activation(outputs)
 
     def _dropless(self, tokens, result, token_mask, training):

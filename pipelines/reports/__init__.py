@@ -881,32 +881,38 @@ KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.jso
 
 
 def kernel_tables(run: dict) -> str:
+    """A `bench_kernels.py` record's grouped rows: each kernel on sorted
+    rows against the plain matmul of the same FLOPs."""
     grouped = [r for r in run["rows"] if r["table"] == "grouped"]
-    if not grouped:  # PyTorch's records time the dispatch table alone
-        return dispatch_table(run)
     plain = {r["n"]: r for r in grouped if r["kernel"] == "plain_matmul"}
     rows = [[r["n"], r["kernel"], _spread(r["fwd_bwd_ms"], 1),
              _spread(_pass_ratios({"t": r["fwd_bwd_ms"]}, {"t": plain[r["n"]]["fwd_bwd_ms"]}, "t")),
              _f(r["busiest_over_mean"])] for r in grouped]
-    parts = [markdown_table(["n", "kernel", "fwd+bwd ms", "over the plain matmul", "busiest / mean load"], rows)]
-    parts.append(dispatch_table(run))
-    return "\n\n".join(parts)
+    return markdown_table(["n", "kernel", "fwd+bwd ms", "over the plain matmul", "busiest / mean load"], rows)
 
 
 def dispatch_table(run: dict) -> str:
     """A `bench_kernels.py` record's dispatch rows: dense against dropless
-    train steps by `n / k`."""
+    train steps by `n / k`, and, where the record has them, the dense
+    dispatch as stacked einsums against its two plain matmuls."""
     dispatch_rows = [r for r in run["rows"] if r["table"] == "dispatch"]
     pairs = sorted({(r["n"], r["k"]) for r in dispatch_rows}, key=lambda p: (p[0] / p[1], p))
+    by_case = {(r["n"], r["k"], r["dispatch"]): r for r in dispatch_rows}
+    einsum = any(r["dispatch"] == "dense_einsum" for r in dispatch_rows)
     table = []
     for n, k in pairs:
-        dense = next(r for r in dispatch_rows if (r["n"], r["k"], r["dispatch"]) == (n, k, "dense"))
-        sparse = next(r for r in dispatch_rows if (r["n"], r["k"], r["dispatch"]) == (n, k, "sparse"))
+        dense, sparse = by_case[n, k, "dense"], by_case[n, k, "sparse"]
         ratio = _pass_ratios(sparse, dense, "train_ms")
-        table.append([f"{n / k:.3g}", n, k, _spread(dense["train_ms"], 1), _spread(sparse["train_ms"], 1),
-                      _spread(ratio), "sparse" if statistics.median(ratio) < 1 else "dense"])
-    return markdown_table(["n / k", "n", "k", "dense train ms", "dropless train ms",
-                           "dropless over dense", "faster"], table)
+        row = [f"{n / k:.3g}", n, k, _spread(dense["train_ms"], 1), _spread(sparse["train_ms"], 1),
+               _spread(ratio), "sparse" if statistics.median(ratio) < 1 else "dense"]
+        if einsum:
+            stacked = by_case[n, k, "dense_einsum"]
+            row += [_spread(stacked["train_ms"], 1), _spread(_pass_ratios(dense, stacked, "train_ms"))]
+        table.append(row)
+    headers = ["n / k", "n", "k", "dense train ms", "dropless train ms", "dropless over dense", "faster"]
+    if einsum:
+        headers += ["dense as stacked einsums ms", "dense over stacked einsums"]
+    return markdown_table(headers, table)
 
 
 def _kernel_runs(records: Records, files: dict, size, table, missing: str) -> str:
@@ -924,22 +930,33 @@ def _kernel_runs(records: Records, files: dict, size, table, missing: str) -> st
 
 @report_block("benchmarks/README.md", "kernels")
 def kernels(records: Records) -> str:
+    # PyTorch's records time the dispatch table alone.
+    grouped = {backend: name for backend, name in KERNEL_FILES.items() if backend != "torch"}
     return _kernel_runs(
-        records, KERNEL_FILES,
+        records, grouped,
         lambda config: f"{config['rows']} rows of {config['features']} features, hidden {config['hidden']}",
         kernel_tables, "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`).")
 
 
-KERNEL_SMALL_FILES = {"tensorflow": "kernels_small_cpu_tf.json", "jax": "kernels_small_cpu_jax.json",
-                      "torch": "kernels_small_cpu_torch.json"}
+DISPATCH_FILES = {"tensorflow": "dispatch_cpu_tf.json", "jax": "dispatch_cpu_jax.json",
+                  "torch": "dispatch_cpu_torch.json"}
+DISPATCH_SMALL_FILES = {"tensorflow": "dispatch_small_cpu_tf.json", "jax": "dispatch_small_cpu_jax.json",
+                        "torch": "dispatch_small_cpu_torch.json"}
+
+
+@report_block("benchmarks/README.md", "dispatch")
+def dispatch(records: Records) -> str:
+    return _kernel_runs(
+        records, DISPATCH_FILES, lambda config: f"{config['rows'] // 2} tokens of {config['features']} features",
+        dispatch_table, "No dispatch record is committed yet (`benchmarks/bench_kernels.py --dispatch --json`).")
 
 
 @report_block("benchmarks/README.md", "kernels-small")
 def kernels_small(records: Records) -> str:
     return _kernel_runs(
-        records, KERNEL_SMALL_FILES, lambda config: f"{config['rows'] // 2} tokens of {config['features']} features",
+        records, DISPATCH_SMALL_FILES, lambda config: f"{config['rows'] // 2} tokens of {config['features']} features",
         dispatch_table,
-        "No small-batch kernel record is committed yet (`benchmarks/bench_kernels.py --rows 256 --json`).")
+        "No small-batch dispatch record is committed yet (`benchmarks/bench_kernels.py --dispatch --rows 256 --json`).")
 
 
 IMBALANCE_FILES = {"tensorflow": "imbalance_cpu_tf.json", "jax": "imbalance_cpu_jax.json",
