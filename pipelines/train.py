@@ -306,19 +306,17 @@ def batches(x, y, batch_size, shuffle_seed=None):
 
 def compiled_model(model_config, train_config, steps_per_epoch):
     """The model of `model_config` built with the run's seed and compiled as
-    every run trains it: Adam on `learning_rate`'s schedule, sparse
+    every run trains it: Adam on `learning_rate`'s schedule (keeping a moving
+    average of the weights under `ema`), sparse
     cross-entropy, accuracy, the run's `jit_compile`, `run_eagerly` and
     `steps_per_execution`."""
     model = build_model(model_config, seed=train_config.seed)
     steps_per_execution = train_config.steps_per_execution
     if steps_per_execution == "epoch":
         steps_per_execution = steps_per_epoch
+    averaging = {} if train_config.ema is None else dict(use_ema=True, ema_momentum=train_config.ema)
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate(train_config, steps_per_epoch),
-            use_ema=train_config.ema is not None,
-            ema_momentum=0.99 if train_config.ema is None else train_config.ema,
-        ),
+        optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch), **averaging),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=train_config.jit_compile,

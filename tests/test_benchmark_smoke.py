@@ -240,6 +240,27 @@ def test_kernel_benchmark_dispatch_only_times_dense_einsum_and_dropless(tmp_path
     assert all(r["table"] == "dispatch" and len(r["train_ms"]) == 1 and r["train_ms"][0] > 0 for r in rows)
 
 
+def test_kernel_benchmark_stacked_einsums_compute_the_dense_dispatch_mixture():
+    import importlib.util
+
+    import keras
+
+    from moe_keras import MoEDense
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_kernels", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
+    layers = [cls(3, num_experts=4, top_k=2, expert_hidden=7, num_shared_experts=1, dispatch="dense")
+              for cls in (MoEDense, bench.stacked_einsum_moe())]
+    for layer in layers:
+        layer.build(x.shape)
+    layers[1].set_weights(layers[0].get_weights())
+    stacked, plain = (keras.ops.convert_to_numpy(layer(x)) for layer in layers[::-1])
+    np.testing.assert_allclose(stacked, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_dropless_profile_quick_times_every_piece(tmp_path):
     import keras
 
