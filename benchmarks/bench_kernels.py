@@ -150,15 +150,12 @@ def stacked_einsum_moe():
     `(n, T, h)` then `(n, T, units)` mixed by a third einsum: the dense
     path before the experts' layers became two plain matmuls
     (`MoEDense._mix_all_experts`), for a side-by-side measurement."""
-    from keras import ops
-
     from moe_keras import MoEDense
     from moe_keras.dispatch import dense_combine
 
     class StackedEinsumMoEDense(MoEDense):
         def _mix_all_experts(self, weights, tokens, combine=None, training=False):
-            outputs = self._run_experts(weights, tokens, training)
-            return ops.sum(outputs, axis=0) if combine is None else dense_combine(outputs, combine)
+            return dense_combine(self._run_experts(weights, tokens, training), combine)
 
     return StackedEinsumMoEDense
 

@@ -90,24 +90,25 @@ def _members(text):
     return count
 
 
-def _threshold(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability threshold in (0, 1], got {text!r}")
-    return value
+def _fraction(what, include_one):
+    """An argparse type: a float in (0, 1], or in (0, 1) without
+    `include_one`; `what` names it in the error."""
+    interval = "(0, 1]" if include_one else "(0, 1)"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not (0 < value < 1 or (include_one and value == 1)):
+            raise argparse.ArgumentTypeError(f"expected {what} in {interval}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _momentum(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a momentum in (0, 1), got {text!r}")
-    return value
+_threshold = _fraction("a probability threshold", include_one=True)
+_momentum = _fraction("a momentum", include_one=False)
 
 
 def _add_train_arguments(parser):

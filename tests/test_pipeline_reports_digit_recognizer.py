@@ -22,10 +22,14 @@ def _run(moe, hidden, seed, test, validation=0.98, wall=60.0, **extra):
     }
 
 
-def _write(root, folder, name, record):
-    path = root / blocks.RUNS / folder / f"{name}.json"
+def _write_record(root, relative_path, record):
+    path = root / relative_path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
+
+
+def _write(root, folder, name, record):
+    _write_record(root, f"{blocks.RUNS}/{folder}/{name}.json", record)
 
 
 def test_seeds_block_pairs_moe_and_dense_by_seed(tmp_path):
@@ -68,9 +72,7 @@ def test_speed_block_checks_every_seed_and_the_whole_command(tmp_path):
         "summary": {"baseline": side(200, 230), "current": side(90, 120),
                     "training_time_ratio": {"per_seed": [0.45, 0.52], "median": 0.485, "min": 0.45, "max": 0.52}},
     }
-    path = tmp_path / blocks.SPEED_RECORD
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
+    _write_record(tmp_path, blocks.SPEED_RECORD, record)
     text = blocks.default_run_speed(Records(tmp_path))
     assert "| `c619839` (before) | 200 (199-201) | 230 (228-232) | 98.50 (98.00-99.00) | 99.00 (98.80-99.20) |" in text
     assert "| ratio, seed by seed | 0.48 (0.45-0.52) |" in text
@@ -175,9 +177,7 @@ def test_recipe_screen_pairs_each_arm_with_base_by_seed(tmp_path):
         run("b128", 0, 0.9825, 0.070, [3.0, 1.1, 1.0, 1.2]),
         run("b128", 1, 0.9900, 0.040, [3.0, 1.2, 1.2, 1.1]),
     ]}
-    path = tmp_path / blocks.SCREEN_RECORD
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
+    _write_record(tmp_path, blocks.SCREEN_RECORD, record)
     text = blocks.recipe_screen(Records(tmp_path))
     # Gaps +0.25 and +0.50 pp: mean +0.375, sd 0.1768, t(0.975, 1) = 12.706
     # -> half width 12.706 * 0.1768 / sqrt(2) = 1.588. Losses: +0.01, -0.01.
@@ -199,9 +199,7 @@ def test_cv_screen_pairs_arms_by_fold_and_summarises_tta(tmp_path):
         run("base", 0, 0.985), run("base", 1, 0.990, tta=0.991), run("base", 2, 0.970, tta=0.973),
         run("deep", 0, 0.986), run("deep", 1, 0.987, tta=0.989),
     ]}
-    path = tmp_path / blocks.CV_SCREEN_RECORD
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
+    _write_record(tmp_path, blocks.CV_SCREEN_RECORD, record)
     text = blocks.cv_screen(Records(tmp_path))
     # Gaps +0.1 and -0.3 pp: mean -0.1, sd 0.2828 -> half width 12.706 * 0.2 = 2.54.
     assert "| `deep` | deep trunk | 0, 1 | 98.65 (98.60-98.70) | -0.10 [-2.64, +2.44] |" in text
@@ -223,9 +221,7 @@ def test_cv_screen_pairs_an_arm_with_the_control_its_record_names(tmp_path):
         run("default", 0, 0.980), run("default", 1, 0.985),
         run("ema", 0, 0.981), run("ema", 1, 0.988),
     ]}
-    path = tmp_path / blocks.CV_SCREEN_RECORD
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
+    _write_record(tmp_path, blocks.CV_SCREEN_RECORD, record)
     text = blocks.cv_screen(Records(tmp_path))
     # ema minus default: +0.1 and +0.3 pp, mean +0.2, sd 0.1414 -> half width 12.706 * 0.1 = 1.27.
     assert "| `ema` | averaged | 0, 1 | 98.45 (98.10-98.80) | +0.20 [-1.07, +1.47] (minus `default`) |" in text
@@ -242,9 +238,7 @@ def test_grid_ensemble_screen_pairs_bagged_with_shared_by_fold(tmp_path):
         run("shared", 0, 0.988, [0.981, 0.985]), run("bagged", 0, 0.986, [0.980, 0.982]),
         run("shared", 1, 0.984, [0.978, 0.984]), run("bagged", 1, 0.984, [0.974, 0.984]),
     ]}
-    path = tmp_path / blocks.GRID_ENSEMBLE_SCREEN_RECORD
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
+    _write_record(tmp_path, blocks.GRID_ENSEMBLE_SCREEN_RECORD, record)
     text = blocks.cv_grid_ensemble(Records(tmp_path))
     # Gaps -0.2 and 0.0 pp: mean -0.1, sd 0.1414 -> half width 12.706 * 0.1 = 1.27.
     assert "| `bagged` | own seeds | 0, 1 | 98.50 (98.40-98.60) | -0.10 [-1.37, +1.17] | 98.00 (97.40-98.40) | 0.0400 |" in text
@@ -256,9 +250,7 @@ def test_competition_grid_epochs_pairs_models_and_counts_slow_epochs(tmp_path):
     def run(folder, hidden, wall, epochs, accuracy=0.9):
         record = {"model_config": {"moe": None, "hidden": hidden, "arch": "cnn", "trunk": "strided"}, "wall_time_s": wall,
                   "timings": {"epoch_s": epochs}, "test_accuracy": accuracy, "machine": MACHINE}
-        path = tmp_path / blocks.COMPETITION_GRID_RUNS / folder / f"cnn-dense-h{hidden}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record))
+        _write_record(tmp_path, f"{blocks.COMPETITION_GRID_RUNS}/{folder}/cnn-dense-h{hidden}.json", record)
 
     assert "Not recorded yet" in blocks.competition_grid_epochs(Records(tmp_path))
     # Before: 10, 20, 16 s; slow means over 1.5 x 10 = 15 s: two of three.
@@ -269,12 +261,8 @@ def test_competition_grid_epochs_pairs_models_and_counts_slow_epochs(tmp_path):
 
 
 def test_competition_grid_dropless_pairs_grids_and_reports_tta_and_ensembles(tmp_path):
-    folder = tmp_path / blocks.COMPETITION_GRID_RUNS
-
     def write(name, record):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record))
+        _write_record(tmp_path, f"{blocks.COMPETITION_GRID_RUNS}/{name}", record)
 
     def run(grid, wall, accuracy, tta=None):
         record = {"model_config": {"moe": None, "hidden": 64, "arch": "cnn", "trunk": "strided"},

@@ -9,7 +9,10 @@ linear experts are mixed here.
 from keras import ops
 
 
-def dense_combine(expert_outputs, combine):
-    """Mixes `(n, T, u)` outputs of all experts with a `(T, n)` weight matrix."""
+def dense_combine(expert_outputs, combine=None):
+    """Mixes `(n, T, u)` outputs of all experts with a `(T, n)` weight
+    matrix, or sums them (shared experts) when `combine` is `None`."""
+    if combine is None:
+        return ops.sum(expert_outputs, axis=0)
     combine = ops.cast(combine, expert_outputs.dtype)
     return ops.einsum("te,etu->tu", combine, expert_outputs)

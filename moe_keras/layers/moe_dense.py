@@ -247,10 +247,7 @@ class MoEDense(MoELayer):
         intermediates in expert-major layout instead.
         """
         if self.expert_hidden is None:
-            outputs = self._run_experts(weights, tokens, training)
-            if combine is None:
-                return ops.sum(outputs, axis=0)
-            return dispatch_lib.dense_combine(outputs, combine)
+            return dispatch_lib.dense_combine(self._run_experts(weights, tokens, training), combine)
         num_experts, input_dim, hidden_units = weights["hidden_kernel"].shape
         width = num_experts * hidden_units
         hidden = ops.matmul(
@@ -263,7 +260,8 @@ class MoEDense(MoELayer):
         hidden = self.expert_activation(hidden)
         hidden = self._hidden_dropout(hidden, training)
         if combine is not None:
-            hidden = hidden * ops.cast(combine, hidden.dtype)[:, :, None]
+            combine = ops.cast(combine, hidden.dtype)
+            hidden = hidden * combine[:, :, None]
         outputs = ops.matmul(
             ops.reshape(hidden, (-1, width)), ops.reshape(weights["kernel"], (width, self.units))
         )
@@ -271,7 +269,7 @@ class MoEDense(MoELayer):
             if combine is None:
                 outputs = outputs + ops.sum(weights["bias"], axis=0)
             else:
-                outputs = outputs + ops.matmul(ops.cast(combine, outputs.dtype), weights["bias"])
+                outputs = outputs + ops.matmul(combine, weights["bias"])
         return outputs
 
     def _run_one_expert(self, x, weights, dropout_mask=None, training=False):

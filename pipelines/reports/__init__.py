@@ -877,7 +877,9 @@ def profile_branches(records: Records) -> str:
 
 # Kernels (benchmarks/results/kernels_*.json, written by benchmarks/bench_kernels.py) --
 
-KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.json", "torch": "kernels_cpu_torch.json"}
+# PyTorch's record (`kernels_cpu_torch.json`) timed the dispatch table alone,
+# since superseded by `DISPATCH_FILES`: no grouped kernels to show.
+KERNEL_FILES = {"tensorflow": "kernels_cpu_tf.json", "jax": "kernels_cpu_jax.json"}
 
 
 def kernel_tables(run: dict) -> str:
@@ -930,10 +932,8 @@ def _kernel_runs(records: Records, files: dict, size, table, missing: str) -> st
 
 @report_block("benchmarks/README.md", "kernels")
 def kernels(records: Records) -> str:
-    # PyTorch's records time the dispatch table alone.
-    grouped = {backend: name for backend, name in KERNEL_FILES.items() if backend != "torch"}
     return _kernel_runs(
-        records, grouped,
+        records, KERNEL_FILES,
         lambda config: f"{config['rows']} rows of {config['features']} features, hidden {config['hidden']}",
         kernel_tables, "No kernel benchmark record is committed yet (`benchmarks/bench_kernels.py --json`).")
 

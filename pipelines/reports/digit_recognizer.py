@@ -265,17 +265,17 @@ def _screen_table(run: dict, unit: str) -> str:
     rows = []
     for arm, by_unit in by_arm.items():
         control = controls.get(arm, "base")
-        base = by_arm[control]
+        paired = by_arm[control]
         against = "" if control == "base" else f" (minus `{control}`)"
-        units = sorted(set(by_unit) & set(base))
+        units = sorted(set(by_unit) & set(paired))
         accuracy = [by_unit[u]["val_acc"] for u in units]
         loss = [by_unit[u]["val_nll"] for u in units]
         rows.append([
             f"`{arm}`", run["config"]["arms"][arm], ", ".join(map(str, units)),
             f"{100 * statistics.fmean(accuracy):.2f} ({100 * min(accuracy):.2f}-{100 * max(accuracy):.2f})",
-            "-" if arm == control else _paired_cell(accuracy, [base[u]["val_acc"] for u in units], 100) + against,
+            "-" if arm == control else _paired_cell(accuracy, [paired[u]["val_acc"] for u in units], 100) + against,
             f"{statistics.fmean(loss):.4f}",
-            "-" if arm == control else _paired_cell(loss, [base[u]["val_nll"] for u in units], digits=4) + against,
+            "-" if arm == control else _paired_cell(loss, [paired[u]["val_nll"] for u in units], digits=4) + against,
             f"{statistics.median(statistics.median(by_unit[u]['epoch_s'][1:]) for u in units):.2f}",
         ])
     return markdown_table(["arm", "recipe", f"{unit}s", "validation % mean (range)", "minus base, pp [95% t]",
