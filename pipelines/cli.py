@@ -107,6 +107,16 @@ def _fraction(what, include_one):
     return parse
 
 
+def _positive(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 _threshold = _fraction("a probability threshold", include_one=True)
 _momentum = _fraction("a momentum", include_one=False)
 
@@ -140,7 +150,7 @@ def _add_train_arguments(parser):
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=32, help="epochs of the cosine learning-rate schedule (default 32)")
     training.add_argument("--batch-size", type=int, default=128, help="default 128")
-    training.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the cosine schedule (Adam; default 3e-3)")
+    training.add_argument("--lr", type=_positive, default=3e-3, help="peak learning rate of the cosine schedule (Adam; default 3e-3)")
     training.add_argument("--seed", type=_seed, default=0, help="the run's seed, 0 to 2**32 - 1 (default 0); --ensemble N uses SEED..SEED+N-1")
     training.add_argument("--deterministic", action="store_true", help="deterministic ops (TensorFlow op determinism, XLA off under the default jit setting): the same --seed gives the same submission bytes on CPU")
     training.add_argument("--validation-fraction", type=float, default=0.1)
@@ -293,7 +303,8 @@ def _submit_and_record(submission, record, message, wait, expected_rows):
         return None
     keep(result)
     _report_score(submission, result)
-    return result
+    # Scored as ERROR: the upload failed as far as the user is concerned.
+    return None if result.status == "ERROR" else result
 
 
 def _submit_run(args, model_config, train_config, submission, record_path, message=None):
@@ -303,6 +314,14 @@ def _submit_run(args, model_config, train_config, submission, record_path, messa
     resubmitted. The message is `args.message`, else `message`, else the
     configs'."""
     record = _load_record(record_path)
+    if record["data"].get("origin") == "embedded":
+        # Kaggle scores only the 28,000 rows of its own test.csv; an upload of
+        # the embedded sample's predictions is an ERROR that uses up quota.
+        print(f"error: not uploading {submission}: it predicts the embedded MNIST sample's "
+              f"{record['data']['test_rows']:,} test digits, not Kaggle's test.csv. Put the competition's "
+              f"train.csv and test.csv (or digit-recognizer.zip) in --data, or remove the embedded sample "
+              f"there so the pipeline downloads them, and train again.", file=sys.stderr)
+        return None
     pending = kaggle.result_from_record(record)
     if pending is not None and pending.status == "PENDING":
         print(f"Kaggle: waiting for submission {pending.ref} of {submission}, made earlier")
@@ -530,10 +549,34 @@ def _run_seed_ensemble(args):
     return 0 if submitted else 1
 
 
+def _check_writable_folder(folder, what):
+    """Raises ValueError unless files can be created in `folder` (made if
+    missing): checked before training, not after an hour of it."""
+    import tempfile
+
+    folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{what}: cannot write in {folder}: {blocker} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in {folder}: {error.strerror or error}") from None
+
+
 def _run_train(args):
     for name in ("epochs", "batch_size", "hidden"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.out is not None and not args.grid and args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the submission's file name (e.g. {args.out / 'run.csv'})")
+    if args.out is None:
+        _check_writable_folder(SUBMISSIONS_DIR, "submissions")
+    else:
+        # --grid takes a folder, the other runs a submission file's name.
+        _check_writable_folder(args.out if args.grid else args.out.parent, "--out")
     if args.grid:
         return _run_grid(args)
     return _run_seed_ensemble(args) if args.ensemble else _run_single(args)
@@ -574,6 +617,10 @@ def main(argv=None):
     except (data.DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A file that could not be written (disk full, permissions): one line.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Every file is written whole or not at all (pipelines.records), so
         # stopping here leaves finished runs kept and the grid resumable.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_signed_integer_dtype
 from sklearn.model_selection import train_test_split
 
-from pipelines.records import write_text_atomically
+from pipelines.records import write_bytes_atomically, write_text_atomically
 
 PathLike = str | os.PathLike[str]
 
@@ -257,6 +258,8 @@ def prepare_data_dir(
         return source
     # A marker without the CSVs it describes must not label new files.
     (directory / _EMBEDDED_MARKER_NAME).unlink(missing_ok=True)
+    if _unpack_kaggle_archive(directory, log):
+        return _existing_source(directory)
     if download is not None and download(directory):
         source = _existing_source(directory, origin="kaggle")
         if source is None:
@@ -273,6 +276,37 @@ def prepare_data_dir(
         f"written to {directory}"
     )
     return _existing_source(directory)
+
+
+_KAGGLE_ARCHIVE_NAME = "digit-recognizer.zip"
+
+
+def _unpack_kaggle_archive(directory: Path, log: Callable[[str], None]) -> bool:
+    """Unpack the archive `kaggle competitions download -c digit-recognizer`
+    leaves in ``directory``, if there is one; True once train.csv and
+    test.csv are in place. Each CSV is written atomically.
+
+    Raises:
+        DataError: the archive is not a zip or lacks train.csv or test.csv.
+    """
+    import zipfile
+
+    archive = directory / _KAGGLE_ARCHIVE_NAME
+    if not archive.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            names = {Path(name).name: name for name in zipped.namelist()}
+            missing = [name for name in (_TRAIN_NAME, _TEST_NAME) if name not in names]
+            if missing:
+                raise DataError(f"{archive}: has no {' or '.join(missing)}")
+            for name in (_TRAIN_NAME, _TEST_NAME, _SAMPLE_SUBMISSION_NAME):
+                if name in names:
+                    write_bytes_atomically(directory / name, zipped.read(names[name]))
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"{archive}: cannot unpack: {error}") from error
+    log(f"Unpacked {archive} into {directory}")
+    return True
 
 
 _EMBEDDED_SPLIT = "split 2: held-out digits that no recipe decision has scored"
@@ -359,28 +393,48 @@ def _read_integer_csv(path: Path, bounds: _Bounds) -> pd.DataFrame:
     and whose cells must all be integers within each column's bounds."""
     _check_header(path, _read_header(path), list(bounds))
     try:
-        frame = pd.read_csv(
-            path,
-            encoding="utf-8-sig",
-            # Only truly empty cells count as missing; "NA" is a bad value.
-            keep_default_na=False,
-            na_values=[""],
-            # Keep blank lines as rows so row numbers match line numbers.
-            skip_blank_lines=False,
-            # Stops pandas from turning the first column into the index when
-            # every row ends with a stray delimiter.
-            index_col=False,
-            low_memory=False,
-        )
+        # pandas only warns (and drops the extra cells) when the first data
+        # row is the long one: caught here, checked below like any other row.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path,
+                encoding="utf-8-sig",
+                # Only truly empty cells count as missing; "NA" is a bad value.
+                keep_default_na=False,
+                na_values=[""],
+                # Keep blank lines as rows so row numbers match line numbers.
+                skip_blank_lines=False,
+                # Stops pandas from turning the first column into the index when
+                # every row ends with a stray delimiter.
+                index_col=False,
+                low_memory=False,
+            )
     except pd.errors.ParserError as error:
         raise _parser_error(path, len(bounds), error) from error
     except (UnicodeDecodeError, OSError) as error:
         raise DataError(f"{path}: cannot read as a UTF-8 CSV: {error}") from error
+    for warning in caught:
+        if issubclass(warning.category, pd.errors.ParserWarning):
+            _check_first_row_length(path, len(bounds))
+        else:
+            warnings.warn(warning.message, warning.category, stacklevel=2)
     frame = _without_trailing_blank_rows(frame)
     if frame.empty:
         raise DataError(f"{path}: has a header but no data rows")
     _check_cells(frame, path, bounds)
     return frame
+
+
+def _check_first_row_length(path: Path, expected: int) -> None:
+    """Raise DataError if the first data row has non-empty cells beyond
+    ``expected`` (a stray delimiter at the end of every row stays fine)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        row = next(reader, [])
+    if len(row) > expected and any(cell.strip() for cell in row[expected:]):
+        raise DataError(f"{path} row 1 (line 2): expected {expected} fields, saw {len(row)}")
 
 
 def _read_header(path: Path) -> list[str]:

@@ -462,6 +462,12 @@ def _train_run(model_config, train_config, source, submission_path, log):
     validation_views = _views(model, x_val, train_config)
     probabilities = test_views.mean(axis=0)
     validation_probabilities = validation_views.mean(axis=0)
+    if not np.isfinite(probabilities).all():
+        # argmax of NaN is class 0: a diverged model would write all zeros.
+        raise ValueError(
+            f"training diverged (loss {history.get('loss', [float('nan')])[-1]}): the test predictions are "
+            f"not finite, so no submission was written to {submission_path}; try a lower --lr"
+        )
     predictions = ensemble.labels_of(probabilities)
     test_accuracy = truth = None
     if source.test_labels_csv is not None:

@@ -457,3 +457,58 @@ def test_deterministic_runs_repeat_their_submission_bytes_for_a_seed(tmp_path):
     np.testing.assert_array_equal(outputs["first"][1], outputs["again"][1])
     assert outputs["first"][0] != outputs["other"][0]
     assert json.loads((tmp_path / "first.json").read_text())["train_config"]["deterministic"] is True
+
+
+@pytest.mark.parametrize("blocker", ["file", "folder"])
+def test_unwritable_out_is_one_line_before_training(tmp_path, monkeypatch, capsys, blocker):
+    # Found after training used to be a traceback (FileExistsError /
+    # IsADirectoryError) that threw the trained model away.
+    import pipelines.train
+
+    monkeypatch.setattr(pipelines.train, "train_run", lambda *a, **k: pytest.fail("trained"))
+    if blocker == "file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "s.csv"
+    else:
+        out = tmp_path / "adir"
+        out.mkdir()
+    assert cli.main(["--arch", "mlp", "--epochs", "1", "--data", str(tmp_path / "data"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+
+
+def test_submit_flag_refuses_the_embedded_sample_and_fails_on_an_error_score(tmp_path, kaggle_server, capsys):
+    # An embedded-sample run predicts 1,000 rows: Kaggle scores that as ERROR
+    # ("Submission must have 28000 rows") and the day's quota is spent.
+    source = write_tiny_competition(tmp_path / "data")
+    (source / ".embedded").write_text("marker\n")
+    out = tmp_path / "run.csv"
+    code = cli.main(["--arch", "mlp", "--data", str(source), "--out", str(out), "--submit", *FAST])
+    assert code == 1 and kaggle_server.uploaded == []
+    assert "embedded" in capsys.readouterr().err
+    # A real upload that Kaggle scores as ERROR is a failure too.
+    (source / ".embedded").unlink()
+    kaggle_server.final_status = "ERROR"
+    code = cli.main(["--arch", "mlp", "--data", str(source), "--out", str(out), "--submit", *FAST])
+    assert code == 1 and len(kaggle_server.uploaded) == 1
+
+
+@pytest.mark.parametrize("lr", ["nan", "-1", "0", "inf"])
+def test_bad_learning_rate_is_an_argparse_error(lr, capsys):
+    # --lr nan trained to NaN and wrote an all-zeros submission with exit 0.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--lr", lr])
+    assert exit_info.value.code == 2
+    assert "--lr" in capsys.readouterr().err
+
+
+def test_a_diverged_run_writes_no_submission(tmp_path, capsys):
+    # argmax of NaN probabilities is class 0: a diverged model used to write
+    # a well-formed all-zeros submission and exit 0.
+    source = write_tiny_competition(tmp_path / "data")
+    out = tmp_path / "run.csv"
+    out.write_text("a good earlier submission\n")
+    code = cli.main(["--arch", "mlp", "--lr", "1e30", "--data", str(source), "--out", str(out), *FAST])
+    assert code == 2
+    assert "diverged" in capsys.readouterr().err
+    assert out.read_text() == "a good earlier submission\n"

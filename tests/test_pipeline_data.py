@@ -562,3 +562,41 @@ def test_train_validation_split_rejects_bad_fraction(fraction):
 def test_train_validation_split_rejects_length_mismatch():
     with pytest.raises(ValueError, match="differ in length"):
         train_validation_split(np.zeros((10, 1)), np.zeros(9, dtype=int))
+
+
+def test_prepare_unpacks_the_archive_kaggle_cli_downloads(tmp_path):
+    # `kaggle competitions download -c digit-recognizer -p DIR` leaves only
+    # digit-recognizer.zip; it must be used, not replaced by the embedded sample.
+    import zipfile
+
+    rows = [",".join(row) for row in _rows(3, labels=True)]
+    test_rows = [",".join(row) for row in _rows(2, labels=False)]
+    with zipfile.ZipFile(tmp_path / "digit-recognizer.zip", "w") as zipped:
+        zipped.writestr("train.csv", "\n".join([TRAIN_HEADER, *rows]) + "\n")
+        zipped.writestr("test.csv", "\n".join([TEST_HEADER, *test_rows]) + "\n")
+    source = prepare_data_dir(tmp_path, download=lambda directory: pytest.fail("no download expected"))
+    assert source.origin == "local"
+    assert len(read_test_csv(source.test_csv)) == 2
+    assert not (tmp_path / ".embedded").exists()
+
+
+def test_prepare_rejects_a_broken_archive(tmp_path):
+    (tmp_path / "digit-recognizer.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="digit-recognizer.zip"):
+        prepare_data_dir(tmp_path)
+    assert not (tmp_path / "train.csv").exists()
+
+
+def test_first_row_with_too_many_fields(tmp_path):
+    # pandas only warns for the first data row, and drops its extra cell.
+    rows = _rows(3, labels=True)
+    rows[0].append("7")
+    path = _train_csv(tmp_path, rows)
+    _assert_data_error(lambda: read_train_csv(path), path, "row 1 (line 2)", "expected 785 fields, saw 786")
+
+
+def test_stray_delimiter_ending_every_row_is_still_read(tmp_path):
+    path = tmp_path / "train.csv"
+    rows = [",".join(row) + "," for row in _rows(3, labels=True)]
+    path.write_text("\n".join([TRAIN_HEADER, *rows]) + "\n")
+    assert read_train_csv(path)[0].shape == (3, 28, 28, 1)
