@@ -253,6 +253,13 @@ def build_ensemble(record_paths, submission_path, log=print):
     predictions = labels_of(test)
     submission_path = Path(submission_path)
     record_path = submission_path.with_suffix(".json")
+    members = {p.resolve() for p in record_paths}
+    if record_path.resolve() in members:
+        # Its record and probabilities would replace the member's own.
+        raise ValueError(
+            f"The ensemble's record {record_path} would overwrite one of its members; give the "
+            "ensemble a submission name of its own."
+        )
     previous = _previous_submission(record_path, submission_path)
     data.write_submission(submission_path, predictions)
     first = loaded[0][0]["data"]

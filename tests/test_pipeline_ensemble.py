@@ -199,6 +199,17 @@ def test_ensemble_command_refuses_members_of_different_test_sets(two_members, tm
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_ensemble_command_refuses_to_overwrite_a_member(two_members, tmp_path, capsys):
+    # `--out a.csv` would have replaced member a's record and probabilities.
+    record_bytes = two_members[0].read_bytes()
+    probabilities = ensemble.probabilities_path(two_members[0]).read_bytes()
+    assert cli.main(["ensemble", *map(str, two_members), "--out", str(tmp_path / "a.csv")]) == 2
+    assert "overwrite one of its members" in capsys.readouterr().err
+    assert two_members[0].read_bytes() == record_bytes
+    assert ensemble.probabilities_path(two_members[0]).read_bytes() == probabilities
+    assert not (tmp_path / "a.csv").exists()
+
+
 def test_ensemble_command_starts_without_keras(two_members, tmp_path):
     out = tmp_path / "mean.csv"
     code = ("import sys; from pipelines import cli; "
