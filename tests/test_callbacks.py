@@ -58,3 +58,31 @@ def test_csv_path_is_gone_csvlogger_writes_the_file():
     with pytest.raises(TypeError):
         ExpertUsage(csv_path="usage.csv")
     assert not hasattr(ExpertUsage, "write_csv")
+
+
+def test_expert_usage_on_a_subclassed_model_built_by_fit():
+    """A subclassed model's MoE layer is built by its first batch, after
+    `on_epoch_begin` (TensorFlow): the reset must not need the counters."""
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.moe = MoEDense(4, num_experts=4, top_k=2, name="moe")
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x, training=None):
+            return self.head(self.moe(x, training=training))
+
+    model = Net()
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    history = model.fit(x, np.zeros((8, 2)), epochs=1, verbose=0, callbacks=[ExpertUsage()])
+    assert np.isfinite(history.history["moe_entropy"][0])
+    assert model.moe.routing_stats()["tokens"] == 8 * 2
+
+
+def test_routing_stats_of_an_unbuilt_layer_are_empty():
+    layer = MoEDense(4, num_experts=4)
+    layer.reset_routing_stats()
+    stats = layer.routing_stats()
+    assert stats["tokens"] == 0 and stats["load"] == [0.0] * 4

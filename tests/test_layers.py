@@ -829,6 +829,7 @@ def padded_batch(seed, extra):
         {"num_experts": 4, "top_k": 2},  # dense
         {"num_experts": 8, "top_k": 1, "capacity_factor": 1.0},  # capacity
         {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0, "dispatch": "dense"},
+        {"num_experts": 4, "top_k": 1, "selection": "expert_choice"},
     ],
 )
 def test_padding_changes_no_output_loss_or_count(kwargs):
@@ -992,3 +993,42 @@ def test_batch_prioritised_capacity_in_the_layer():
     top_probability = softmax_np(x @ router).max(axis=1)
     np.testing.assert_array_equal(np.flatnonzero(results["position"]), [0, 1])
     np.testing.assert_array_equal(np.flatnonzero(results["score"]), np.sort(np.argsort(-top_probability)[:2]))
+
+
+@pytest.mark.parametrize("kwargs", [{"num_experts": 4}, {"num_experts": 8, "expert_hidden": 4}])
+def test_empty_sequence_keeps_the_batch_axis(kwargs):
+    layer = MoEDense(3, **kwargs)
+    for training in (False, True):
+        y = layer(np.zeros((2, 0, 6), "float32"), training=training)
+        assert tuple(y.shape) == (2, 0, 3)
+
+
+@pytest.mark.parametrize("routing", ["sample", "pixel"])
+def test_conv_image_smaller_than_the_kernel_raises_a_clear_error(routing):
+    with pytest.raises(ValueError, match="zero or negative"):
+        MoEConv2D(2, 5, num_experts=4, routing=routing)(keras.Input((3, 3, 2)))
+    with pytest.raises(ValueError, match="zero or negative"):
+        MoEConv2D(2, 5, num_experts=4, routing=routing)(np.zeros((1, 3, 3, 2), "float32"))
+    with pytest.raises(ValueError, match="zero or negative"):
+        MoEConv2D(2, 3, num_experts=4, dilation_rate=2, data_format="channels_first")(
+            np.zeros((1, 2, 4, 8), "float32")
+        )
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: MoEDense(3, num_experts=4, top_k=2), (2, 6)),
+        (lambda: MoEDense(3, num_experts=4, expert_hidden=5), (2, 4, 6)),
+        (lambda: MoEConv2D(2, 3, num_experts=4), (1, 5, 5, 2)),
+        (lambda: MoEConv2D(2, 3, num_experts=4, routing="pixel"), (1, 5, 5, 2)),
+    ],
+)
+def test_integer_inputs_give_the_float_inputs_output(make, shape):
+    # PyTorch refused integer inputs (raw pixels, token ids as features).
+    values = np.random.default_rng(0).integers(0, 4, size=shape)
+    layer = make()
+    expected = keras.ops.convert_to_numpy(layer(values.astype("float32")))
+    outputs = layer(values.astype("int32"))
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), expected, rtol=1e-6, atol=1e-6)

@@ -9,6 +9,7 @@ from moe_keras.dispatch.strategy import CONDCONV_MIN_EXPERTS
 from moe_keras.dispatch.strategy import dense_max_experts_per_choice
 from moe_keras.dispatch.strategy import DISPATCH_MODES
 from moe_keras.layers.moe_layer import MoELayer
+from moe_keras.layers.moe_layer import cast_to_compute_dtype
 from moe_keras.layers.moe_layer import _positive_int
 from moe_keras.layers.moe_layer import reshape_like
 
@@ -217,6 +218,7 @@ class MoEConv2D(MoELayer):
                 "`dispatch='dense'` or `'auto'` for images of any size. "
                 f"Received: input_shape={input_shape}"
             )
+        self.compute_output_shape(input_shape)  # a clear error for too small images
         self.build_router(channels)
         self.experts = self._add_experts("expert", self.num_experts, channels)
         self.shared_experts = (
@@ -272,6 +274,7 @@ class MoEConv2D(MoELayer):
         return features, self.route(tokens, training=training)
 
     def call(self, inputs, training=None):
+        inputs = cast_to_compute_dtype(inputs, self.compute_dtype)
         if self.data_format == "channels_first":
             inputs = ops.transpose(inputs, (0, 2, 3, 1))
         features, result = self._route_inputs(inputs, training)
@@ -415,6 +418,14 @@ class MoEConv2D(MoELayer):
                 (rows, cols), self.kernel_size, self.strides, self.dilation_rate
             )
         )
+        if any(size is not None and size <= 0 for size in (rows, cols)):
+            raise ValueError(
+                "Computed output size would be zero or negative: the inputs "
+                "are smaller than the span of the kernel. Received: "
+                f"input_shape={tuple(input_shape)}, kernel_size={self.kernel_size}, "
+                f"dilation_rate={self.dilation_rate}, strides={self.strides}, "
+                f"padding={self.padding}"
+            )
         if self.data_format == "channels_last":
             return (batch, rows, cols, self.filters)
         return (batch, self.filters, rows, cols)

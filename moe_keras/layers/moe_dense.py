@@ -10,6 +10,7 @@ from moe_keras import dispatch as dispatch_lib
 from moe_keras import routing
 from moe_keras.dispatch.strategy import DISPATCH_MODES
 from moe_keras.layers.moe_layer import MoELayer
+from moe_keras.layers.moe_layer import cast_to_compute_dtype
 from moe_keras.layers.moe_layer import _positive_int
 from moe_keras.layers.moe_layer import reshape_like
 
@@ -323,6 +324,7 @@ class MoEDense(MoELayer):
         return ops.cast(noise >= self.expert_dropout, "float32")
 
     def call(self, inputs, training=None, mask=None, use_causal_mask=False):
+        inputs = cast_to_compute_dtype(inputs, self.compute_dtype)
         tokens = ops.reshape(inputs, (-1, inputs.shape[-1]))
         token_mask = None if mask is None else ops.reshape(mask, (-1,))
         if self.selection == "expert_choice":
@@ -396,8 +398,14 @@ class MoEDense(MoELayer):
             num_tokens = ops.shape(tokens)[0]
         factor = (self.capacity_factor if training else self.eval_capacity_factor) or 1.0
         capacity = routing.expert_capacity(num_tokens, self.num_experts, self.top_k, factor)
+        limit = None
+        if token_mask is not None:
+            # The buffers keep a static size; only the real tokens' capacity
+            # gets weights, as in token choice with a capacity factor.
+            real_tokens = ops.sum(ops.cast(token_mask, "int32"))
+            limit = routing.expert_capacity(real_tokens, self.num_experts, self.top_k, factor)
         weights, token_indices = self.route_expert_choice(
-            tokens, capacity, training, token_mask
+            tokens, capacity, training, token_mask, limit
         )
         flat = ops.reshape(token_indices, (-1,))
         buffers = ops.reshape(

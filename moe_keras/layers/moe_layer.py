@@ -78,7 +78,22 @@ def reshape_like(x, like, trailing):
     middle = tuple(like.shape[1:-1])
     if any(size is None for size in middle):
         middle = tuple(ops.shape(like)[1:-1])
-    return ops.reshape(x, (-1,) + middle + tuple(trailing))
+    # A static batch is given as it is: with an empty axis (a sequence of
+    # length 0) a -1 could be any size.
+    batch = like.shape[0] if like.shape[0] is not None else -1
+    return ops.reshape(x, (batch,) + middle + tuple(trailing))
+
+
+def cast_to_compute_dtype(inputs, dtype):
+    """Integer or boolean inputs (pixels, one-hot rows) as `dtype`.
+
+    Keras casts floating inputs to a layer's compute dtype but leaves
+    integers as they are, and PyTorch's matmuls and convolutions refuse to
+    mix integer inputs with float kernels.
+    """
+    if keras.backend.is_float_dtype(inputs.dtype):
+        return inputs
+    return ops.cast(inputs, dtype)
 
 
 def expert_initializer(initializer, num_experts):
@@ -439,9 +454,11 @@ class MoELayer(keras.layers.Layer):
             self._update_routing_state(result, mask, valid)
         return result
 
-    def route_expert_choice(self, features, capacity, training=False, token_mask=None):
+    def route_expert_choice(self, features, capacity, training=False, token_mask=None, limit=None):
         """Expert-choice routing of `(T, d)` tokens: every expert takes its
-        top `capacity` tokens (`routing.expert_choice_routing`).
+        top `capacity` tokens (`routing.expert_choice_routing`), of which
+        only the first `limit` (when given: the capacity of the real,
+        unmasked tokens) get a weight, so padding changes no real token.
 
         The load is balanced by construction, so no balancing loss is added
         (the router z-loss is, when set); the counters record the real
@@ -458,6 +475,12 @@ class MoELayer(keras.layers.Layer):
         weights, token_indices = routing.expert_choice_routing(
             scores, capacity, token_mask
         )
+        slot_keep = None
+        if limit is not None:
+            slot_keep = ops.cast(
+                ops.arange(capacity)[None, :] < ops.cast(limit, "int32"), "float32"
+            )
+            weights = weights * slot_keep
         if training:
             if self.z_loss_weight > 0:
                 self.add_loss(
@@ -466,6 +489,8 @@ class MoELayer(keras.layers.Layer):
             taken = ops.ones_like(weights)
             if token_mask is not None:
                 taken = ops.take(ops.cast(token_mask, "float32"), token_indices)
+            if slot_keep is not None:
+                taken = taken * slot_keep
             self.expert_counts.assign_add(ops.sum(taken, axis=1))
         return weights, token_indices
 
@@ -540,7 +565,10 @@ class MoELayer(keras.layers.Layer):
     # Statistics ------------------------------------------------------------
 
     def reset_routing_stats(self):
-        """Zeroes the counts that `routing_stats()` summarises."""
+        """Zeroes the counts that `routing_stats()` summarises (nothing to
+        do before the layer is built: it has counted nothing yet)."""
+        if not self.built:
+            return
         self.expert_counts.assign(ops.zeros(self.expert_counts.shape))
         self.dropped_slots.assign(ops.zeros(self.dropped_slots.shape))
 
@@ -554,6 +582,9 @@ class MoELayer(keras.layers.Layer):
             (experts that received no token), `dropped_fraction` (slots
             dropped for capacity) and `tokens` (slots counted).
         """
+        if not self.built:
+            # Not built yet (a subclassed model before its first batch).
+            return summarize_counts([0.0] * self.num_experts)
         counts = keras.ops.convert_to_numpy(self.expert_counts)
         dropped = float(keras.ops.convert_to_numpy(self.dropped_slots))
         return summarize_counts(counts, dropped)
