@@ -1032,3 +1032,45 @@ def test_integer_inputs_give_the_float_inputs_output(make, shape):
     outputs = layer(values.astype("int32"))
     assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
     np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.export is JAX's")
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_experts": 8},  # dropless, computed densely
+        {"num_experts": 4, "top_k": 2, "eval_capacity_factor": 0.75, "dispatch": "sparse"},
+    ],
+)
+def test_jax_export_with_a_polymorphic_batch_computes_the_layers_mixture(kwargs):
+    import jax
+    from jax import export
+
+    layer = MoEDense(3, **kwargs)
+    x = np.random.default_rng(0).normal(size=(10, 6)).astype("float32")
+    layer(x)
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+    (batch,) = export.symbolic_shape("b")
+    exported = export.export(jax.jit(lambda x: layer.stateless_call(trainable, non_trainable, x)[0]))(
+        jax.ShapeDtypeStruct((batch, 6), np.float32)
+    )
+    for rows in (10, 7):
+        # A capacity of 0.75 drops choices: the exported call must drop the
+        # same ones as the layer, which sizes its buffers from the static count.
+        np.testing.assert_allclose(exported.call(x[:rows]), layer(x[:rows]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.export is JAX's")
+def test_jax_export_of_expert_choice_with_a_polymorphic_batch_says_why_not():
+    import jax
+    from jax import export
+
+    layer = MoEDense(3, num_experts=4, selection="expert_choice")
+    layer(np.ones((4, 6), "float32"))
+    weights = ([v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables])
+    (batch,) = export.symbolic_shape("b")
+    with pytest.raises(ValueError, match="static"):
+        export.export(jax.jit(lambda x: layer.stateless_call(*weights, x)[0]))(
+            jax.ShapeDtypeStruct((batch, 6), np.float32)
+        )

@@ -44,4 +44,5 @@ from moe_keras.dispatch.strategy import choose_dispatch
 from moe_keras.dispatch.strategy import dropless_engine
 from moe_keras.dispatch.strategy import dropless_mixture
 from moe_keras.dispatch.strategy import dropless_runs
+from moe_keras.dispatch.strategy import static_buffers_run
 from moe_keras.dispatch.strategy import supports_xla

@@ -188,6 +188,14 @@ def dropless_runs(num_tokens):
     return dropless_engine(num_tokens) is not None
 
 
+def static_buffers_run(num_tokens):
+    """Whether buffers sized from `num_tokens` (a capacity, expert choice)
+    can be built: their size must be static on JAX, which exports a
+    polymorphic batch as a symbolic count (`jax.export`); TensorFlow's
+    graphs size them at run time."""
+    return isinstance(num_tokens, int) or keras.backend.backend() != "jax"
+
+
 def supports_xla(might_run_dropless):
     """Whether a layer can run under XLA (`Layer.supports_jit`).
 

@@ -344,6 +344,9 @@ class MoEDense(MoELayer):
             num_tokens = ops.shape(tokens)[0]
         if strategy == "dropless" and not dispatch_lib.dropless_runs(num_tokens):
             strategy = "dense"
+        if strategy == "capacity" and not dispatch_lib.static_buffers_run(num_tokens):
+            # The dense mixture drops the same choices, with a traced capacity.
+            strategy = "dense"
         capacity = limit = None
         if factor is not None:
             # Buffers are sized for every token (a static shape); padding
@@ -396,6 +399,15 @@ class MoEDense(MoELayer):
         num_tokens = tokens.shape[0]
         if num_tokens is None:
             num_tokens = ops.shape(tokens)[0]
+        if not dispatch_lib.static_buffers_run(num_tokens):
+            raise ValueError(
+                "`selection='expert_choice'` gives every expert a fixed number "
+                "of tokens, computed from the number of tokens per call, which "
+                f"must be static on the {keras.backend.backend()} backend; got "
+                f"{num_tokens!r} (an export with a polymorphic batch size). "
+                "Export with a fixed batch size, or use "
+                "`selection='token_choice'`."
+            )
         factor = (self.capacity_factor if training else self.eval_capacity_factor) or 1.0
         capacity = routing.expert_capacity(num_tokens, self.num_experts, self.top_k, factor)
         limit = None
