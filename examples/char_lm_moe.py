@@ -73,6 +73,7 @@ import numpy as np  # noqa: E402
 import moe_keras  # noqa: E402
 from moe_keras import MoEDense  # noqa: E402
 from moe_keras.callbacks import ExpertUsage  # noqa: E402
+from pipelines import arguments  # noqa: E402
 from pipelines import records  # noqa: E402
 
 DEFAULT_OUT = ROOT / "reports" / "records" / "examples"
@@ -366,8 +367,8 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seconds: 20,000 characters, tiny model, 1 seed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of the JSON run records")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seeds", type=arguments.seed, nargs="+", default=None)
+    parser.add_argument("--epochs", type=arguments.at_least_one, default=None)
     parser.add_argument("--table", action="store_true", help="print the Markdown table from the records in --out")
     return parser.parse_args(argv)
 

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import vit_moe  # noqa: E402
 
 import moe_keras  # noqa: E402
+from pipelines import arguments  # noqa: E402
 from pipelines import records  # noqa: E402
 
 PREFIX = "upcycle_vit"
@@ -124,7 +125,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=vit_moe.DEFAULT_OUT)
-    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--seeds", type=arguments.seed, nargs="+")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=vit_moe.FASHION_DIR)
     args = parser.parse_args(argv)

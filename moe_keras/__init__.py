@@ -8,6 +8,7 @@ balancing losses added through `add_loss`, and routing statistics that
 
 from moe_keras import callbacks
 from moe_keras import dispatch
+from moe_keras import distribution
 from moe_keras import losses
 from moe_keras import routing
 from moe_keras import usage
@@ -26,6 +27,7 @@ __all__ = [
     "MoELayer",
     "callbacks",
     "dispatch",
+    "distribution",
     "losses",
     "routing",
     "routing_counts",

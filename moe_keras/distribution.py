@@ -50,6 +50,7 @@ mean of the replicas' updated biases.
 """
 
 import math
+import numbers
 
 import keras
 
@@ -103,14 +104,26 @@ def layout_map(device_mesh, expert_axis="model", batch_axis="batch"):
     return layouts
 
 
+def _is_positive_int(value):
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value >= 1
+    )
+
+
 def _mesh_shape(num_devices, num_experts, expert_parallel_size):
+    if num_experts is not None and not _is_positive_int(num_experts):
+        raise ValueError(
+            "`num_experts` must be a positive integer (the models' experts "
+            f"per MoE layer) or None. Received: num_experts={num_experts!r}"
+        )
     if expert_parallel_size is None:
         expert_parallel_size = (
             num_devices if num_experts is None else math.gcd(num_devices, num_experts)
         )
     if (
-        not isinstance(expert_parallel_size, int)
-        or expert_parallel_size < 1
+        not _is_positive_int(expert_parallel_size)
         or num_devices % expert_parallel_size
     ):
         raise ValueError(
@@ -118,6 +131,7 @@ def _mesh_shape(num_devices, num_experts, expert_parallel_size):
             f"of devices ({num_devices}). "
             f"Received: expert_parallel_size={expert_parallel_size!r}"
         )
+    expert_parallel_size = int(expert_parallel_size)
     return num_devices // expert_parallel_size, expert_parallel_size
 
 

@@ -26,6 +26,11 @@ def _check_dense(layer, name):
         )
     if not layer.built:
         raise ValueError(f"`{name}` (`{layer.name}`) must be built: call it once first.")
+    if getattr(layer, "quantization_mode", None):
+        raise ValueError(
+            f"`{name}` (`{layer.name}`) is quantized ({layer.quantization_mode}); "
+            "MoE layers cannot be quantized: upcycle the float model instead."
+        )
     if len(layer.kernel.shape) != 2:
         raise ValueError(f"`{name}` (`{layer.name}`) must have a 2D kernel.")
 
@@ -103,8 +108,29 @@ def upcycle(model, layers, num_experts, top_k=1, **moe_kwargs):
         layers' weights copied, which predicts what `model` predicts until
         it trains.
     """
-    replace, identities = {}, set()
+    if isinstance(layers, str):
+        layers = [layers]
+    replace, identities, used = {}, set(), set()
     for entry in layers:
+        names = [entry] if isinstance(entry, str) else entry
+        if (
+            not isinstance(names, (list, tuple))
+            or len(names) not in (1, 2)
+            or not all(isinstance(name, str) for name in names)
+        ):
+            raise ValueError(
+                "Each entry of `layers` must be a Dense layer's name or a pair "
+                f"`(first, second)` of names. Received: {entry!r}"
+            )
+        for name in names:
+            if name in used:
+                raise ValueError(
+                    f"Layer `{name}` is named by more than one entry of `layers`; "
+                    "each Dense layer can be upcycled once."
+                )
+            used.add(name)
+        if len(names) == 1:
+            entry = names[0]
         if isinstance(entry, str):
             replace[entry] = from_dense(model.get_layer(entry), num_experts, top_k,
                                         name=f"{entry}_moe", **moe_kwargs)

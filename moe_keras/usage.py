@@ -54,22 +54,43 @@ def _router_inputs_model(model, layer):
 
 def _resolve_layer(model, layer):
     if isinstance(layer, str):
-        return model.get_layer(layer)
+        layer = model.get_layer(layer)
     if layer is None:
         layers = moe_layers(model)
         if not layers:
             raise ValueError(f"Model `{model.name}` has no MoE layer.")
         return layers[0]
+    if not isinstance(layer, MoELayer):
+        raise ValueError(
+            f"`layer` must be an MoE layer (MoEDense, MoEConv2D) of the model. "
+            f"Received: {type(layer).__name__} `{getattr(layer, 'name', layer)}`"
+        )
     return layer
 
 
+def _num_inputs(x):
+    """Examples in `x`: an array, or a list or dict of arrays (one per
+    model input)."""
+    return len(keras.tree.flatten(x)[0])
+
+
 def _expert_choices(model, x, layer, batch_size):
-    """Yields `(start, indices)`: the inference top-k choices of `layer`
-    for `x[start:start + batch_size]`, `(batch, positions..., k)` NumPy."""
+    """Yields `(start, indices, real)`: the inference top-k choices of
+    `layer` for `x[start:start + batch_size]`, `(batch, positions..., k)`
+    NumPy, and `(batch, positions...)` booleans of the tokens that are not
+    masked (`None` without a Keras mask)."""
     feeder = _router_inputs_model(model, layer)
-    for start in range(0, len(x), batch_size):
-        inputs = feeder(x[start:start + batch_size], training=False)
-        yield start, ops.convert_to_numpy(layer.expert_choices(inputs))
+    for start in range(0, _num_inputs(x), batch_size):
+        rows = keras.tree.map_structure(lambda a: a[start:start + batch_size], x)
+        inputs = feeder(rows, training=False)
+        real = None
+        if isinstance(inputs, (list, tuple)):
+            # A Keras mask reached the layer: its node's inputs are
+            # `[inputs, mask]`; masked tokens (padding) are not counted.
+            inputs, mask = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+            if mask is not None:
+                real = ops.convert_to_numpy(mask).astype(bool)
+        yield start, ops.convert_to_numpy(layer.expert_choices(inputs)), real
 
 
 def routing_counts(model, x, y, layer=None, num_classes=None, batch_size=256):
@@ -79,6 +100,7 @@ def routing_counts(model, x, y, layer=None, num_classes=None, batch_size=256):
     experts under the label of the example it came from (for images routed
     per pixel or sequences routed per position, all positions of an example
     carry its label). Inference routing: no noise, no capacity dropping.
+    Tokens masked by a Keras mask (padding) are not counted.
 
     Args:
         model: a Functional or Sequential Keras model.
@@ -92,14 +114,32 @@ def routing_counts(model, x, y, layer=None, num_classes=None, batch_size=256):
         `(num_classes, n)` int64 NumPy array.
     """
     layer = _resolve_layer(model, layer)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != _num_inputs(x) or not len(y):
+        raise ValueError(
+            "`y` must hold one integer class label per input (shape `(N,)`, "
+            f"N = len(x) = {_num_inputs(x)} > 0; one-hot labels: pass `argmax`). "
+            f"Received: y of shape {y.shape}"
+        )
+    y = y.astype(np.int64)
     num_classes = int(num_classes or y.max() + 1)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"Labels must be in [0, num_classes={num_classes}). Received labels "
+            f"from {y.min()} to {y.max()}."
+        )
     counts = np.zeros((num_classes, layer.num_experts), dtype=np.int64)
-    for start, indices in _expert_choices(model, x, layer, batch_size):
+    for start, indices, real in _expert_choices(model, x, layer, batch_size):
         # indices: (batch, positions..., k) -> one label per example.
         per_example = indices.reshape(indices.shape[0], -1)
         labels = np.repeat(y[start:start + len(indices)], per_example.shape[1])
-        np.add.at(counts, (labels, per_example.reshape(-1)), 1)
+        experts = per_example.reshape(-1)
+        if real is not None:
+            keep = np.repeat(real[..., None], indices.shape[-1], axis=-1).reshape(-1)
+            labels, experts = labels[keep], experts[keep]
+        np.add.at(counts, (labels, experts), 1)
     return counts
 
 
@@ -124,11 +164,16 @@ def routing_maps(model, x, layer=None, batch_size=256):
     """
     layer = _resolve_layer(model, layer)
     total, seen = None, 0
-    for _, indices in _expert_choices(model, x, layer, batch_size):
+    for _, indices, real in _expert_choices(model, x, layer, batch_size):
         one_hot = np.eye(layer.num_experts, dtype=np.float64)[indices].sum(axis=-2)
-        batch_sum = one_hot.sum(axis=0)
+        if real is None:
+            real = np.ones(indices.shape[:-1], dtype=bool)
+        batch_sum = (one_hot * real[..., None]).sum(axis=0)
         total = batch_sum if total is None else total + batch_sum
-        seen += len(indices)
+        seen = seen + real.sum(axis=0)
     if total is None:
         raise ValueError("`routing_maps` needs at least one input.")
-    return total / seen
+    # Masked positions (padding) count for neither the shares nor the
+    # inputs they are shares of.
+    seen = np.asarray(seen, dtype=np.float64)[..., None]
+    return np.divide(total, seen, out=np.zeros_like(total), where=seen > 0)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Neither imports Keras nor the kaggle client: `submit` and `submissions`
 # start without TensorFlow.
-from pipelines import data, kaggle
+from pipelines import arguments, data, kaggle
 from pipelines.records import markdown_table, write_text_atomically
 
 PROG = "python -m pipelines.digit_recognizer"
@@ -58,16 +58,6 @@ def _pair(text):
     if not 1 <= k <= n:
         raise argparse.ArgumentTypeError(f"need 1 <= K <= N, got K={k}, N={n}")
     return k, n
-
-
-def _seed(text):
-    # pipelines.models imports Keras: only `train` (which needs it) parses a seed.
-    from pipelines.models import parse_seed
-
-    try:
-        return parse_seed(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _pixels(text):
@@ -151,7 +141,7 @@ def _add_train_arguments(parser):
     training.add_argument("--epochs", type=int, default=32, help="epochs of the cosine learning-rate schedule (default 32)")
     training.add_argument("--batch-size", type=int, default=128, help="default 128")
     training.add_argument("--lr", type=_positive, default=3e-3, help="peak learning rate of the cosine schedule (Adam; default 3e-3)")
-    training.add_argument("--seed", type=_seed, default=0, help="the run's seed, 0 to 2**32 - 1 (default 0); --ensemble N uses SEED..SEED+N-1")
+    training.add_argument("--seed", type=arguments.seed, default=0, help="the run's seed, 0 to 2**32 - 1 (default 0); --ensemble N uses SEED..SEED+N-1")
     training.add_argument("--deterministic", action="store_true", help="deterministic ops (TensorFlow op determinism, XLA off under the default jit setting): the same --seed gives the same submission bytes on CPU")
     training.add_argument("--validation-fraction", type=float, default=0.1)
     training.add_argument("--patience", type=int, default=10, help="early-stopping patience: epochs of no lower validation loss, watched from 3/4 of --epochs on; the best watched epoch's weights are kept (default 10)")

@@ -249,3 +249,17 @@ def test_tf_mirrored_routing_counts_add_up_over_replicas(tf_result):
     one device, counts per replica (half the single-device totals)."""
     for name, (ref, ours) in tf_result["counts"].items():
         np.testing.assert_allclose(np.asarray(ours) * 2, ref, rtol=1e-6, err_msg=name)
+
+
+def test_mesh_shape_takes_numpy_sizes_and_checks_num_experts():
+    """Pure arithmetic, no devices: a NumPy integer is a size like any other,
+    and a nonsensical expert count is refused instead of giving a mesh."""
+    from moe_keras.distribution import _mesh_shape
+
+    assert _mesh_shape(8, 8, np.int64(4)) == (2, 4)
+    assert _mesh_shape(8, np.int64(6), None) == (4, 2)
+    for bad in (0, -4, 2.0, True):
+        with pytest.raises(ValueError, match="`num_experts` must be a positive integer"):
+            _mesh_shape(8, bad, None)
+    with pytest.raises(ValueError, match="positive divisor"):
+        _mesh_shape(8, 8, 3)

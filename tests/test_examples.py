@@ -281,3 +281,13 @@ def test_upcycle_vit_quick_keeps_the_output_at_creation_and_writes_records(tmp_p
     for branch in ("dense_continued", "upcycled"):
         assert 0.0 <= metrics[branch]["test_accuracy"] <= 1.0 and metrics[branch]["fit_s"] > 0
     assert "upcycled to 4 experts" in module.summary_table(tmp_path, quick=True)
+
+
+@pytest.mark.parametrize("name", ["vit_moe", "char_lm_moe"])
+def test_examples_refuse_bad_epochs_and_seeds_in_one_line(name, capsys):
+    module = load_example(name)
+    for argv in (["--epochs", "0"], ["--seeds", "-1"], ["--seeds", str(2**32)]):
+        with pytest.raises(SystemExit) as info:
+            module.parse_args(["--quick", *argv])
+        assert info.value.code == 2
+        assert "error: argument" in capsys.readouterr().err

@@ -1074,3 +1074,22 @@ def test_jax_export_of_expert_choice_with_a_polymorphic_batch_says_why_not():
         export.export(jax.jit(lambda x: layer.stateless_call(*weights, x)[0]))(
             jax.ShapeDtypeStruct((batch, 6), np.float32)
         )
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_frozen_layer_keeps_its_loss_free_bias(trainable):
+    """`trainable=False` freezes the routing, as BatchNormalization freezes
+    its moving statistics: the loss-free bias stops moving in `fit`, while
+    the routing counters still count."""
+    keras.utils.set_random_seed(0)
+    x, y = toy_data(256)
+    x = np.concatenate([x, np.ones((len(x), 1), "float32")], axis=1)
+    moe = MoEDense(8, num_experts=4, bias_update_rate=0.05, name="moe")
+    model = keras.Sequential([keras.Input((9,)), moe, keras.layers.Dense(3, activation="softmax")])
+    collapse_router(moe)  # every token on expert 0: a trainable bias must move
+    moe.trainable = trainable
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    bias = ops.convert_to_numpy(moe.selection_bias)
+    assert np.any(bias != 0) == trainable
+    assert moe.routing_stats()["tokens"] == len(x)

@@ -80,3 +80,13 @@ def test_test_extra_covers_the_suite_and_other_extras_stay():
     assert {"pytest", "jax[cpu]"} <= {re.match(r"[A-Za-z0-9_.\[\]-]+", r).group(0) for r in extras["test"]}
     assert extras["gpu"] == ["tensorflow[and-cuda]>=2.16"]
     assert _names(extras["jax"]) == {"jax"}
+
+
+def test_submodules_named_in_the_readme_are_attributes_of_the_package():
+    """README's snippets write `moe_keras.distribution.expert_parallel(...)`
+    after `import moe_keras`."""
+    import moe_keras
+
+    for name in ("callbacks", "distribution", "losses", "routing", "usage", "upcycle"):
+        assert hasattr(moe_keras, name), name
+    assert callable(moe_keras.distribution.expert_parallel)

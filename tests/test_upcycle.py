@@ -85,3 +85,24 @@ def test_upcycle_refuses_a_pair_that_is_not_a_chain():
     functional, _ = two_models()
     with pytest.raises(ValueError, match="exactly `fc1`'s output"):
         upcycle(functional, [("fc1", "fc3")], num_experts=2)
+
+
+def test_upcycle_explains_bad_layer_lists():
+    functional, _ = two_models()
+    x = np.random.default_rng(2).normal(size=(4, 6)).astype("float32")
+    # One name alone is one layer, not its characters.
+    new = upcycle(functional, "fc3", num_experts=2)
+    np.testing.assert_allclose(new.predict(x, verbose=0), functional.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="more than one entry"):
+        upcycle(functional, [("fc1", "fc2"), ("fc2", "fc3")], num_experts=2)
+    with pytest.raises(ValueError, match="more than one entry"):
+        upcycle(functional, [("fc1", "fc2"), "fc2"], num_experts=2)
+    with pytest.raises(ValueError, match="a pair"):
+        upcycle(functional, [("fc1", "fc2", "fc3")], num_experts=2)
+
+
+def test_from_dense_refuses_a_quantized_layer():
+    layer = built_dense(4, 6)
+    layer.quantize("int8")
+    with pytest.raises(ValueError, match="quantized"):
+        MoEDense.from_dense(layer, 2)

@@ -108,6 +108,33 @@ def test_routing_counts_needs_an_moe_layer():
         routing_counts(model, np.zeros((2, 2)), np.zeros(2))
 
 
+def test_routing_counts_and_maps_leave_out_masked_tokens():
+    """With `Embedding(mask_zero=True)` upstream the layer's node has two
+    inputs, the tokens and the mask: padding takes no expert, so it is
+    neither counted nor a share of a position."""
+    inputs = keras.Input((4,), dtype="int32")
+    embedded = keras.layers.Embedding(6, 3, mask_zero=True)(inputs)
+    moe = MoEDense(2, num_experts=3, top_k=2, name="moe")
+    model = keras.Model(inputs, moe(embedded))
+    x = np.array([[1, 2, 0, 0], [3, 4, 5, 0], [1, 1, 1, 1]])
+    counts = routing_counts(model, x, [0, 1, 1], batch_size=2)
+    np.testing.assert_array_equal(counts.sum(axis=1), [2 * 2, (3 + 4) * 2])
+    maps = routing_maps(model, x, batch_size=2)
+    np.testing.assert_allclose(maps.sum(axis=-1), [2.0, 2.0, 2.0, 2.0])
+
+
+def test_routing_counts_explain_bad_arguments():
+    model = controlled_model(1)
+    with pytest.raises(ValueError, match="must be an MoE layer"):
+        routing_counts(model, X, Y, layer="head")
+    with pytest.raises(ValueError, match="one integer class label per input"):
+        routing_counts(model, X, keras.utils.to_categorical(Y))  # one-hot
+    with pytest.raises(ValueError, match="one integer class label per input"):
+        routing_counts(model, X, Y[:3])
+    with pytest.raises(ValueError, match=r"Labels must be in \[0, num_classes=2\)"):
+        routing_counts(model, X, Y, num_classes=2)
+
+
 class Holder(keras.layers.Layer):
     """A custom layer keeping one MoEDense as an attribute."""
 

@@ -136,6 +136,7 @@ class MoELayer(keras.layers.Layer):
         overflow_loss_weight: coefficient of the over-capacity loss.
         z_loss_weight: coefficient of the router z-loss.
         bias_update_rate: DeepSeek-V3 loss-free balancing rate; 0 disables it.
+            A frozen layer (`trainable=False`) keeps its bias.
         router_activation: `"softmax"` (probabilities over the experts) or
             `"sigmoid"` (DeepSeek-V3: every expert scores the token on its
             own; top-k on score + the loss-free bias, the chosen experts
@@ -538,7 +539,10 @@ class MoELayer(keras.layers.Layer):
         counts = ops.sum(mask, axis=0)
         self.expert_counts.assign_add(counts)
         self.dropped_slots.assign_add(ops.sum(valid - result.keep))
-        if self.bias_update_rate > 0:
+        # A frozen layer keeps its routing: like BatchNormalization's moving
+        # statistics, the loss-free bias is state that changes the outputs,
+        # so `trainable=False` stops its updates (the counters still count).
+        if self.bias_update_rate > 0 and self.trainable:
             self.selection_bias.assign(
                 losses.loss_free_bias_update(
                     self.selection_bias, counts, self.bias_update_rate
