@@ -396,8 +396,9 @@ def main(argv=None):
         return 0
     args = parse_args(argv)
     if args.table is not None:
-        print(table(json.loads(args.table.read_text())))
-        return 0
+        from pipelines.records import print_record_table
+
+        return print_record_table(args.table, table)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.perf_counter()
     data_dir = args.data.resolve()

@@ -134,8 +134,9 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())))
-        return 0
+        from pipelines.records import print_record_table
+
+        return print_record_table(args.table, table)
     from pipelines import records
 
     if not (args.data / "train.csv").is_file():

@@ -113,8 +113,9 @@ def main(argv=None):
     parser.add_argument("--table", type=Path, metavar="RECORD")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())))
-        return 0
+        from pipelines.records import print_record_table
+
+        return print_record_table(args.table, table)
     from pipelines.data import prepare_data_dir
     from pipelines.records import run_record
     from pipelines.records import write_json_atomically

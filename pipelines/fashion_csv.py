@@ -242,8 +242,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    train_rows = args.train_rows or (QUICK_TRAIN_ROWS if args.quick else TRAIN_ROWS)
-    test_rows = args.test_rows or (QUICK_TEST_ROWS if args.quick else TEST_ROWS)
+    # `is None`: --train-rows 0 is an error below, not the 42,000-row default.
+    train_rows = args.train_rows if args.train_rows is not None else (QUICK_TRAIN_ROWS if args.quick else TRAIN_ROWS)
+    test_rows = args.test_rows if args.test_rows is not None else (QUICK_TEST_ROWS if args.quick else TEST_ROWS)
     try:
         manifest = write_competition_csvs(
             args.out, args.source, train_rows, test_rows, args.seed,
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (SourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # --out is a file, or not writable
+        print(f"error: cannot write to {args.out}: {error}", file=sys.stderr)
         return 2
     sizes = ", ".join(f"{name} {info['bytes'] / 1e6:.1f} MB" for name, info in manifest["files"].items())
     print(f"wrote {manifest['train_rows']:,} train / {manifest['test_rows']:,} test rows of Fashion-MNIST "

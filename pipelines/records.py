@@ -145,6 +145,19 @@ def run_record(config, seed, started, **fields):
     }
 
 
+def print_record_table(path, table) -> int:
+    """Prints `table(record)` of the JSON record at `path` (a benchmark's
+    `--table RECORD`); returns the exit code: 2, with one line naming the
+    file, when it is missing, not JSON or lacks what the table needs."""
+    try:
+        text = table(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        print(f"error: --table {path}: not a usable record ({type(error).__name__}: {error})", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def benchmark_record(args, started, rows, backend, private=("json",)):
     """A benchmark's run record of `rows`: its parsed `args` as the config
     (less `private`, the options that say where to write or which child

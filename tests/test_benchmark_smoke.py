@@ -429,3 +429,20 @@ def test_einsum_profile_table_from_a_handmade_record():
     # Median batched 80 ms -> 2 GFLOP / 0.08 s = 25 GFLOP/s; ratios 0.25, 0.2, 0.5 -> median 0.25.
     assert "| 256 | 52 | 80.00 (70.00-100.00) | 25 | 20.00 (20.00-35.00) | 0.25 (0.20-0.50) |" in einsum_profile_table(
         {"rows": [row]})
+
+
+@pytest.mark.parametrize("script", ["bench_competition.py", "bench_default_run.py", "bench_input_pipeline.py"])
+@pytest.mark.parametrize("content", [None, '{"rows": [', "{}"])
+def test_table_of_a_missing_or_malformed_record_is_one_line_and_exit_2(script, content, tmp_path):
+    record = tmp_path / "record.json"
+    if content is not None:
+        record.write_text(content)
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--table", str(record)],
+                             capture_output=True, text=True, timeout=120)
+    if content == "{}" and script == "bench_competition.py":
+        # Its table marks every measurement of a partial record "not run".
+        assert process.returncode == 0 and "not run" in process.stdout
+        return
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr
+    assert f"--table {record}: not a usable record" in process.stderr

@@ -171,3 +171,17 @@ def test_real_pool_splits_into_competition_sizes():
     # 7,000 a class: exactly 60% and 40% of each class.
     assert np.bincount(labels[train]).tolist() == [4200] * 10
     assert np.bincount(labels[test]).tolist() == [2800] * 10
+
+
+def test_zero_rows_are_an_error_and_an_out_that_is_a_file_is_reported(pool, tmp_path, capsys):
+    source, _, _ = pool
+    # 0 is not "unset": it must not fall back to the (full-size) default.
+    for option in ("--train-rows", "--test-rows"):
+        assert fashion_csv.main(["--quick", "--source", str(source), "--out", str(tmp_path / "zero"),
+                                 option, "0"]) == 2
+        assert "need at least 10 rows per file" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
+    (tmp_path / "a-file").write_text("keep")
+    assert fashion_csv.main(["--quick", "--source", str(source), "--out", str(tmp_path / "a-file")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "keep"

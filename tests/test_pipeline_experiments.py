@@ -479,3 +479,75 @@ def test_conv_experts_keep_the_routing_their_recorded_runs_had():
     assert model.get_layer("moe_conv2").bias_update_rate == 0.0
     model = build_model(experiment_models.cnn_conv_experts("sample", top_k=2))
     assert model.get_layer("moe_conv2").bias_update_rate == 1e-3
+
+
+def _tiny_idx(folder):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, size in (("train", 400), ("t10k", 150)):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (size, 28, 28)))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(size) % 10)
+    return folder
+
+
+def test_experts_and_specialisation_on_another_dataset_keep_the_digits_tables(tmp_path):
+    target = tmp_path / "out"
+    common = ["--quick", "--dataset", "fashion", "--data", str(_tiny_idx(tmp_path / "idx")), "--out", str(target),
+              "--runs", str(tmp_path / "runs")]
+    assert main(["experts", *common]) == 0
+    assert main(["specialisation", *common]) == 0
+    written = sorted(p.name for p in target.iterdir())
+    assert "experts_fashion10k.csv" in written and "specialisation_fashion10k.csv" in written, written
+    # The digits' tables (reports/experts.csv feeds the report) are not replaced.
+    assert not {"experts.csv", "experts_summary.csv", "specialisation.csv"} & set(written), written
+
+
+@pytest.mark.parametrize("name", ["experts", "datasets", "specialisation"])
+@pytest.mark.parametrize("flag", [["--recorded-only"], ["--shard", "0/2"], ["--only", "n=2 k=1"]])
+def test_experiments_without_records_refuse_record_options(name, flag, tmp_path, capsys):
+    assert main([name, "--quick", *flag, "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
+    assert "keeps no run records" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["collapse", "gating"])
+def test_recorded_only_with_no_records_exits_1_for_the_epoch_curves_too(name, tmp_path, capsys):
+    code = main([name, "--quick", "--recorded-only", "--out", str(tmp_path / "out"),
+                 "--runs", str(tmp_path / "runs")])
+    assert code == 1
+    assert f"no run of {name} is recorded under" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_and_unwritable_folders_exit_with_one_line(tmp_path, capsys):
+    code = main(["collapse", "--quick", "--dataset", "fashion", "--data", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")])
+    assert code == 1
+    assert "train-images-idx3-ubyte not found" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    code = main(["balancing", "--quick", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "a-file")])
+    assert code == 1
+    assert "a-file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--train-size", "--test-size"])
+@pytest.mark.parametrize("value", ["0", "-5", "x"])
+def test_bad_subset_sizes_exit_2(option, value, capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["collapse", "--dataset", "fashion", option, value])
+    assert error.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_a_resumed_run_with_other_epochs_is_not_mixed_into_the_tables(tmp_path, capsys):
+    common = ["gating", "--dataset", "fashion", "--data", str(_tiny_idx(tmp_path / "idx")), "--train-size", "100",
+              "--test-size", "50", "--seeds", "1", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]
+    assert main([*common, "--epochs", "1"]) == 0
+    before = (tmp_path / "out" / "gating_fashion0k.csv").read_bytes()
+    capsys.readouterr()
+    assert main([*common, "--epochs", "2"]) == 1
+    error = capsys.readouterr().err
+    assert "max_epochs 1, this call asks for 2" in error and "gating/fashion-100--gate" in error
+    assert (tmp_path / "out" / "gating_fashion0k.csv").read_bytes() == before
+    # Tabulating what is recorded still works.
+    assert main([*common, "--epochs", "2", "--recorded-only"]) == 0

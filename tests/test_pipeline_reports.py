@@ -82,6 +82,18 @@ def test_a_missing_record_is_an_error_naming_the_file(tmp_path, blocks, capsys):
         reports.Records(tmp_path).json("benchmarks/results/gone.json")
 
 
+@pytest.mark.parametrize("check", [[], ["--check"]])
+def test_a_record_without_a_field_is_an_error_naming_the_block_and_file(tmp_path, blocks, capsys, check):
+    (tmp_path / "doc.md").write_text(DOC)
+    (tmp_path / "value.json").write_text(json.dumps({"other": "field"}))
+    _register_greeting()
+    # Exit 2 as for a missing record, not 1 (out of date) and a traceback.
+    assert reports.main(["--root", str(tmp_path), *check]) == 2
+    error = capsys.readouterr().err
+    assert "block 'greeting' of doc.md" in error and "value.json" in error and "KeyError" in error
+    assert (tmp_path / "doc.md").read_text() == DOC
+
+
 def test_missing_markers_are_an_error_naming_the_file(tmp_path, blocks, capsys):
     (tmp_path / "doc.md").write_text("# no markers\n")
     (tmp_path / "value.json").write_text(json.dumps({"name": "records"}))

@@ -16,6 +16,7 @@ from pipelines import records
 from pipelines.experiments import datasets as datasets_lib
 from pipelines.experiments import report as report_lib
 from pipelines.experiments import studies
+from pipelines.experiments.run_store import UnusableRecord
 from pipelines.experiments.runner import STUDY_RECIPE
 from pipelines.experiments.runner import study_train_config
 
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of idx files for the 'fashion' dataset")
     parser.add_argument("--cifar-dir", type=Path, default=datasets_lib.DEFAULT_CIFAR_DIR,
                         help="Keras-cache cifar-10-batches-py folder")
-    parser.add_argument("--train-size", type=int, default=10_000, help="training subset of fashion/cifar10")
-    parser.add_argument("--test-size", type=int, default=2_000, help="test subset of fashion/cifar10")
+    parser.add_argument("--train-size", type=_size, default=10_000, help="training subset of fashion/cifar10")
+    parser.add_argument("--test-size", type=_size, default=2_000, help="test subset of fashion/cifar10")
     parser.add_argument("--quick", action="store_true", help="smoke run: few hundred samples, 1 epoch, 1 seed")
     parser.add_argument("--records", type=Path, default=None,
                         help="folder of per-run JSON records, from which runs resume "
@@ -73,6 +74,17 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"expected 0 <= I < N; got {text!r}")
     return index, count
+
+
+def _size(text: str) -> int:
+    """One subset size: at least 10 rows, one per class."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if size < 10:
+        raise argparse.ArgumentTypeError(f"must be at least 10 (one row per class); got {size}")
+    return size
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -116,6 +128,10 @@ def main(argv=None) -> int:
     if args.seeds < 1 or args.epochs < 1:
         print("error: --seeds and --epochs must be at least 1", file=sys.stderr)
         return 2
+    if args.name in studies.UNRECORDED and (args.shard or args.only or args.recorded_only):
+        print(f"error: {args.name} keeps no run records; --shard, --only and --recorded-only apply to "
+              f"the other experiments", file=sys.stderr)
+        return 2
     try:
         context = context_from(args)
     except ValueError as error:  # the training config's own checks
@@ -129,7 +145,8 @@ def main(argv=None) -> int:
         print(f"== {name} ==", flush=True)
         try:
             studies.EXPERIMENTS[name](context)
-        except studies.NothingRecorded as error:
+        # OSError: --out or --runs is a file, a folder is not writable, ...
+        except (studies.NothingRecorded, datasets_lib.DatasetUnavailable, UnusableRecord, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         if context.sharded or context.recorded_only:

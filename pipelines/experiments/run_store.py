@@ -28,6 +28,10 @@ from pipelines import records
 SCHEMA = 1
 
 
+class UnusableRecord(ValueError):
+    """A run record is not readable, or was trained under other settings."""
+
+
 def slug(text: str) -> str:
     """A file-name-safe form of a config label (`n=4 k=1, std.` -> `n4-k1-std`)."""
     text = re.sub(r"[=,.]", "", str(text).lower())
@@ -73,12 +77,17 @@ class RunStore:
             return False
         return self.shard is None or position % self.shard[1] == self.shard[0]
 
-    def load(self, label: str, dataset: str, seed: int):
+    def load(self, label: str, dataset: str, seed: int, settings=None):
         """`(row, history)` of a recorded run, or `None` if it has no record.
 
+        `settings` (the run's `TrainConfig`, if given) must have the recorded
+        run's maximum epochs and patience, unless `recorded_only`: a resumed
+        sweep does not mix runs of other settings into its tables.
+
         Raises:
-            ValueError: naming the file, when a record is not readable JSON
-                of this schema (it is never silently retrained over).
+            UnusableRecord: a ValueError naming the file, when a record is not
+                readable JSON of this schema or was trained under other
+                settings (it is never silently retrained over).
         """
         path = self.path(label, dataset, seed)
         if not path.exists():
@@ -89,7 +98,13 @@ class RunStore:
                 raise ValueError(f"schema {record.get('schema')!r}, expected {SCHEMA}")
             row, history = record["metrics"], pd.DataFrame(record["history"])
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a usable run record ({error}); delete it to train the run again.") from error
+            raise UnusableRecord(f"{path}: not a usable run record ({error}); delete it to train the run again.") from error
+        if settings is not None and not self.recorded_only:
+            for key, value in (("max_epochs", settings.epochs), ("patience", settings.patience)):
+                if key in row and row[key] != value:
+                    raise UnusableRecord(
+                        f"{path}: recorded with {key} {row[key]}, this call asks for {value}; pass the "
+                        f"recorded settings, another --records folder, or delete the record to train it again.")
         return row, history
 
     def save(self, label: str, dataset: str, seed: int, row: dict, history: pd.DataFrame,

@@ -165,7 +165,8 @@ def run_configs(configs, dataset, seeds, settings, log=print, on_run=None, store
     for config in configs:
         for seed in seeds:
             position += 1
-            recorded = store.load(config.label, key, seed) if store is not None else None
+            run_settings = replace(config.settings or settings, seed=seed)
+            recorded = store.load(config.label, key, seed, run_settings) if store is not None else None
             if recorded is not None:
                 row, history = recorded
                 rows.append(row)

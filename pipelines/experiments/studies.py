@@ -97,12 +97,32 @@ class NothingRecorded(RuntimeError):
     """`--recorded-only` found no run of the experiment to tabulate."""
 
 
+def _require_runs(context, name, frame):
+    """Raises `NothingRecorded` when `frame` has no run (`--recorded-only`
+    before any run of `name` is recorded)."""
+    if frame.empty:
+        raise NothingRecorded(f"no run of {name} is recorded under {context.records}; nothing to tabulate.")
+
+
+# Experiments that keep no run records: a shard, `--only` or
+# `--recorded-only` has nothing of theirs to split, pick or read back.
+UNRECORDED = ("experts", "datasets", "specialisation")
+
+
+def _skips_unrecorded(context, name) -> bool:
+    """Whether `name` (one of `UNRECORDED`) must train nothing in this call;
+    logs why."""
+    if context.sharded or context.recorded_only:
+        context.log(f"{name} keeps no run records: skipped under --shard, --only and --recorded-only")
+        return True
+    return False
+
+
 def _write(context, name, frame, by):
     """Writes the per-seed table and its summary; returns the summary.
 
     `name` carries the context's `tag` (see `_named`)."""
-    if frame.empty:
-        raise NothingRecorded(f"no run of {name} is recorded under {context.records}; nothing to tabulate.")
+    _require_runs(context, name, frame)
     context.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(context.out / f"{name}.csv", index=False)
     summary = aggregate(frame, by, SUMMARY_VALUES)
@@ -157,9 +177,10 @@ def collapse(context: Context):
     frame = _run(context, "collapse", configs, context.load(), settings, _collect_histories(histories))
     if context.sharded:
         return None
+    name = _named(context, "collapse")
+    _require_runs(context, name, frame)
     epochs = pd.concat(histories, ignore_index=True)
     context.out.mkdir(parents=True, exist_ok=True)
-    name = _named(context, "collapse")
     epochs.to_csv(context.out / f"{name}_epochs.csv", index=False)
     summary = _write(context, name, frame, ["config", "inputs", "alpha"])
     plots.load_over_epochs(epochs, context.out / f"{name}_load.png")
@@ -188,8 +209,9 @@ def gating(context: Context):
     frame = _run(context, "gating", configs, context.load(), settings, _collect_histories(histories))
     if context.sharded:
         return None
-    context.out.mkdir(parents=True, exist_ok=True)
     name = _named(context, "gating")
+    _require_runs(context, name, frame)
+    context.out.mkdir(parents=True, exist_ok=True)
     pd.concat(histories, ignore_index=True).to_csv(context.out / f"{name}_epochs.csv", index=False)
     summary = _write(context, name, frame, ["config", "gate"])
     plots.entropy_over_epochs(pd.concat(histories, ignore_index=True), math.log(3),
@@ -242,13 +264,16 @@ TOP_KS = (1, 2)
 
 def experts(context: Context):
     """Number of experts x top-k against the dense baseline (Switch 0.01)."""
+    if _skips_unrecorded(context, "experts"):
+        return None
     counts = EXPERT_COUNTS[:1] if context.quick else EXPERT_COUNTS
     configs = [baseline_config(num_experts=0, top_k=0)]
     configs += [moe_config(f"n={n} k={k}", n, k) for k in TOP_KS for n in counts]
     frame = run_configs(configs, context.load(), context.seeds, context.settings, context.log)
-    summary = _write(context, "experts", frame, ["config", "model", "num_experts", "top_k"])
-    plots.accuracy_vs_experts(summary, context.out / "experts_accuracy.png")
-    plots.accuracy_vs_params(summary, context.out / "experts_params.png")
+    name = _named(context, "experts")
+    summary = _write(context, name, frame, ["config", "model", "num_experts", "top_k"])
+    plots.accuracy_vs_experts(summary, context.out / f"{name}_accuracy.png")
+    plots.accuracy_vs_params(summary, context.out / f"{name}_params.png")
     return summary
 
 
@@ -257,6 +282,8 @@ def experts(context: Context):
 
 def datasets(context: Context):
     """Baseline, MoE(3,1) and MoE(3,2) on every dataset that is available."""
+    if _skips_unrecorded(context, "datasets"):
+        return None
     configs = [
         baseline_config(num_experts=0, top_k=0),
         moe_config("n=3 k=1", 3, 1),
@@ -299,6 +326,8 @@ def specialisation(context: Context):
     Also reports the normalised mutual information between class and expert
     (0: routing ignores the class, 1: the class determines the expert).
     """
+    if _skips_unrecorded(context, "specialisation"):
+        return None
     dataset = context.load()
     chosen = SPECIALISATION_MODELS[:1] if context.quick else SPECIALISATION_MODELS
     configs = [moe_config(label, n, k, routing) for label, n, k, routing in chosen]
@@ -311,15 +340,16 @@ def specialisation(context: Context):
         row["class_expert_nmi"] = normalised_mutual_information(counts)
 
     frame = run_configs(configs, dataset, context.seeds[:1], context.settings, context.log, on_run)
+    name = _named(context, "specialisation")
     context.out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(context.out / "specialisation.csv", index=False)
+    frame.to_csv(context.out / f"{name}.csv", index=False)
     tables = [
         pd.DataFrame(m, columns=[f"expert_{i}" for i in range(m.shape[1])]).assign(config=label).rename_axis("digit")
         .reset_index()
         for label, m in matrices.items()
     ]
-    pd.concat(tables, ignore_index=True).to_csv(context.out / "specialisation_counts.csv", index=False)
-    plots.routing_heatmaps(matrices, dataset.name, context.out / "specialisation.png")
+    pd.concat(tables, ignore_index=True).to_csv(context.out / f"{name}_counts.csv", index=False)
+    plots.routing_heatmaps(matrices, dataset.name, context.out / f"{name}.png")
     return frame
 
 

@@ -93,8 +93,16 @@ class Records:
     def __init__(self, root: Path | str = ROOT):
         self.root = Path(root)
         self._cache: dict[tuple[str, str], object] = {}
+        # The records read since `render` last reset it: an error message
+        # names the ones the failing block read.
+        self.read: list[str] = []
+
+    def _note(self, relative: str) -> None:
+        if relative not in self.read:
+            self.read.append(relative)
 
     def path(self, relative: str) -> Path:
+        self._note(relative)
         path = self.root / relative
         if not path.is_file():
             raise RecordError(f"record {relative} not found (looked for {path})")
@@ -103,6 +111,7 @@ class Records:
     def json(self, relative: str):
         """The parsed JSON file `relative` (to the repository root)."""
         key = ("json", relative)
+        self._note(relative)
         if key not in self._cache:
             path = self.path(relative)
             try:
@@ -114,6 +123,7 @@ class Records:
     def csv(self, relative: str) -> list[dict[str, str]]:
         """The rows of the CSV file `relative` as dicts of strings."""
         key = ("csv", relative)
+        self._note(relative)
         if key not in self._cache:
             with self.path(relative).open(newline="", encoding="utf-8") as file:
                 self._cache[key] = list(csv.DictReader(file))
@@ -159,7 +169,15 @@ def render(root: Path | str = ROOT, blocks: list[Block] | None = None) -> dict[s
             results[block.target] = (current, current, [])
         current, text, changed = results[block.target]
         before = text
-        text = replace_block(text, block.name, block.builder(records), block.target)
+        records.read = []
+        try:
+            content = block.builder(records)
+        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as error:
+            # A record that parses but lacks a field or has a wrong value.
+            read = ", ".join(records.read) or "no record"
+            raise RecordError(f"block {block.name!r} of {block.target}: a record it reads ({read}) lacks a field "
+                              f"or has a bad value: {type(error).__name__}: {error}") from error
+        text = replace_block(text, block.name, content, block.target)
         if text != before:
             changed = changed + [block.name]
         results[block.target] = (current, text, changed)
