@@ -582,6 +582,9 @@ def _run_ensemble(args):
 def _run_submit(args):
     test_csv = args.data / "test.csv"
     rows = len(data.read_test_csv(test_csv)) if test_csv.exists() else None
+    if args.record is not None and not isinstance(_load_record(args.record), dict):
+        # Checked before the upload: a score that cannot be stored would be lost.
+        raise ValueError(f"--record {args.record}: not a run record (a JSON object) that exists")
     record = args.record or args.file.with_suffix(".json")
     result = _submit_and_record(args.file, record, args.message or args.file.stem, args.wait, rows)
     return 0 if result is not None else 1

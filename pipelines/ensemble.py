@@ -247,9 +247,18 @@ def build_ensemble(record_paths, submission_path, log=print):
     if len(tests) != 1:
         log(f"warning: ensemble members name different test.csv files: {sorted(map(str, tests))}")
     test = average_probabilities([p["test"] for _, p in loaded])
-    oob_index, oob, oob_labels = out_of_bag(
-        [(p["validation_index"], p["validation"], p["validation_labels"]) for _, p in loaded]
-    )
+    try:
+        oob_index, oob, oob_labels = out_of_bag(
+            [(p["validation_index"], p["validation"], p["validation_labels"]) for _, p in loaded]
+        )
+    except ValueError as error:
+        trains = sorted({str(r["data"].get("train_csv")) for r, _ in loaded})
+        if len(trains) < 2:
+            raise
+        raise ValueError(
+            f"{error} The members were trained on different train.csv files ({', '.join(trains)}); "
+            "an ensemble averages runs on the same data."
+        ) from None
     predictions = labels_of(test)
     submission_path = Path(submission_path)
     record_path = submission_path.with_suffix(".json")

@@ -61,7 +61,8 @@ class TrainConfig:
             an epoch's steps in one call. On small batches of a CPU, one
             call per step spends a large, uneven share of each epoch
             between steps; the cost is that batch-level callbacks and the
-            progress bar see one update per call.
+            progress bar see one update per call. On PyTorch, whose
+            trainer takes one step per call, "epoch" is 1.
     """
 
     epochs: int = 32
@@ -313,7 +314,8 @@ def compiled_model(model_config, train_config, steps_per_epoch):
     model = build_model(model_config, seed=train_config.seed)
     steps_per_execution = train_config.steps_per_execution
     if steps_per_execution == "epoch":
-        steps_per_execution = steps_per_epoch
+        # Keras' PyTorch trainer takes one step per call only.
+        steps_per_execution = 1 if keras.backend.backend() == "torch" else steps_per_epoch
     averaging = {} if train_config.ema is None else dict(use_ema=True, ema_momentum=train_config.ema)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(train_config, steps_per_epoch), **averaging),

@@ -174,6 +174,19 @@ def test_submit_and_submissions_commands(tmp_path, kaggle_server, capsys):
     assert "1001" in table[2] and "0.98765" in table[2] and "by hand" in table[2]
 
 
+@pytest.mark.parametrize("content", [None, "[1, 2]"])
+def test_submit_refuses_a_record_it_cannot_store_the_score_in_before_uploading(
+        tmp_path, kaggle_server, capsys, content):
+    submission = data.write_submission(tmp_path / "run.csv", [7, 2, 1])
+    record = tmp_path / "missing" / "rec.json" if content is None else tmp_path / "rec.json"
+    if content is not None:
+        record.write_text(content)
+    code = cli.main(["submit", str(submission), "--data", str(tmp_path / "none"), "--record", str(record)])
+    assert code == 2
+    assert "--record" in capsys.readouterr().err
+    assert kaggle_server.uploaded == []
+
+
 def test_distribute_data_runs_under_mirrored_strategy(tmp_path):
     """One CPU replica is enough to build, train and predict in the scope;
     MoE(2,8) runs the dropless engine (n / k = 4), whose rows are split by

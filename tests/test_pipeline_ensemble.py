@@ -199,6 +199,20 @@ def test_ensemble_command_refuses_members_of_different_test_sets(two_members, tm
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_ensemble_command_names_the_train_csvs_of_members_trained_on_different_data(
+        two_members, tmp_path, capsys):
+    # b holds out training row 1 too, with another label: another train.csv.
+    record = json.loads(two_members[1].read_text())
+    record["data"]["train_csv"] = "other/train.csv"
+    two_members[1].write_text(json.dumps(record))
+    ensemble.save_probabilities(ensemble.probabilities_path(two_members[1]), MEMBER_B,
+                                _ten([[0.6, 0.4], [0.2, 0.8]]), [1, 6], [0, 0])
+    assert cli.main(["ensemble", *map(str, two_members), "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "training row 1" in err and "other/train.csv" in err and "different train.csv" in err
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_ensemble_command_refuses_to_overwrite_a_member(two_members, tmp_path, capsys):
     # `--out a.csv` would have replaced member a's record and probabilities.
     record_bytes = two_members[0].read_bytes()

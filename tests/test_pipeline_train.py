@@ -506,3 +506,14 @@ def test_batches_turn_off_autotuning_and_reshuffle_every_epoch():
     again = np.concatenate([b.numpy() for _, b in train.batches(x, y, 4, shuffle_seed=3)])
     assert again.tolist() == epochs[0].tolist()
     assert [len(b) for _, b in train.batches(x, y, 4)] == [4, 4, 2]
+
+
+def test_steps_per_execution_epoch_is_one_step_per_call_on_torch():
+    """Keras' PyTorch trainer refuses `steps_per_execution` above 1, so the
+    default "epoch" must not ask it for an epoch's steps in one call."""
+    config = TrainConfig(epochs=1, batch_size=10, verbose=0)
+    assert config.steps_per_execution == "epoch"
+    model = train.compiled_model(TINY_MLP, config, steps_per_epoch=6)
+    assert model.steps_per_execution == (1 if keras.backend.backend() == "torch" else 6)
+    x, y = _tiny_images()
+    train.fit(TINY_MLP, config, x[:50], y[:50], x[50:], y[50:])
