@@ -154,7 +154,7 @@ def _add_train_arguments(parser):
     training.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="test-time augmentation: predict the mean softmax over each image and its four one-pixel shifts (default on; --no-tta predicts the image alone)")
     io_group = parser.add_argument_group("data and outputs")
     io_group.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=f"folder with train.csv/test.csv (default {DEFAULT_DATA_DIR})")
-    io_group.add_argument("--out", type=Path, help="submission path (default submissions/<run-name>.csv); with --grid, the output folder")
+    io_group.add_argument("--out", type=Path, help="submission path (default submissions/<run-name>.csv, or <run-name>-seed<N>.csv for a --seed N other than 0); with --grid, the output folder")
     runs = io_group.add_mutually_exclusive_group()
     runs.add_argument("--grid", action="store_true", help=f"train the reference grid and average it into {GRID_ENSEMBLE_STEM}.csv (resumes: finished configs are skipped)")
     runs.add_argument("--ensemble", type=_members, metavar="N", help="train N seeds of the config, each on its own validation split (bagging), and write their averaged submission (--out; resumes like --grid)")
@@ -332,7 +332,10 @@ def _run_single(args):
 
     model_config, train_config = _configs_from_args(args)
     source = _prepare_data(args.data)
-    submission = args.out or SUBMISSIONS_DIR / f"{model_config.name}.csv"
+    # Seed 0 keeps the config's own name; another seed must not replace its
+    # submission and record (named as --ensemble names its members).
+    stem = model_config.name if train_config.seed == 0 else f"{model_config.name}-seed{train_config.seed}"
+    submission = args.out or SUBMISSIONS_DIR / f"{stem}.csv"
     result = train_run(model_config, train_config, source, submission)
     if args.submit and _submit_run(
         args, model_config, train_config, result.submission, result.record

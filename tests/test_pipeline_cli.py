@@ -3,6 +3,7 @@ and an upload to the fake Kaggle server."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -525,3 +526,22 @@ def test_a_diverged_run_writes_no_submission(tmp_path, capsys):
     assert code == 2
     assert "diverged" in capsys.readouterr().err
     assert out.read_text() == "a good earlier submission\n"
+
+
+def test_a_run_of_another_seed_keeps_the_first_runs_files(tmp_path, monkeypatch):
+    # Both runs were named by the config alone: --seed 1 replaced seed 0's
+    # submission and record, Kaggle score included.
+    import pipelines.train
+
+    written = []
+
+    def fake_train_run(model_config, train_config, source, submission):
+        written.append(Path(submission).name)
+        raise KeyboardInterrupt  # stop before anything is trained or written
+
+    monkeypatch.setattr(pipelines.train, "train_run", fake_train_run)
+    monkeypatch.setattr(cli, "SUBMISSIONS_DIR", tmp_path / "submissions")
+    source = write_tiny_competition(tmp_path / "data")
+    for seed in ("0", "1"):
+        assert cli.main(["--arch", "mlp", "--seed", seed, "--data", str(source), *FAST]) == 130
+    assert written == ["mlp-dense-h64.csv", "mlp-dense-h64-seed1.csv"]
