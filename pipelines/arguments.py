@@ -15,12 +15,22 @@ def seed(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def at_least_one(text):
-    """A whole number of at least 1 (epochs, counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number(minimum, why=""):
+    """An argparse type: a whole number of at least `minimum` (`why`, if
+    given, says why in the error)."""
+    reason = f" ({why})" if why else ""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{reason}, got {value}")
+        return value
+
+    return parse
+
+
+at_least_one = whole_number(1)
+"""A whole number of at least 1 (epochs, counts)."""

@@ -12,6 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines import arguments
 from pipelines import records
 from pipelines.experiments import datasets as datasets_lib
 from pipelines.experiments import report as report_lib
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of idx files for the 'fashion' dataset")
     parser.add_argument("--cifar-dir", type=Path, default=datasets_lib.DEFAULT_CIFAR_DIR,
                         help="Keras-cache cifar-10-batches-py folder")
-    parser.add_argument("--train-size", type=_size, default=10_000, help="training subset of fashion/cifar10")
-    parser.add_argument("--test-size", type=_size, default=2_000, help="test subset of fashion/cifar10")
+    parser.add_argument("--train-size", type=arguments.whole_number(10, "one row per class"), default=10_000, help="training subset of fashion/cifar10")
+    parser.add_argument("--test-size", type=arguments.whole_number(10, "one row per class"), default=2_000, help="test subset of fashion/cifar10")
     parser.add_argument("--quick", action="store_true", help="smoke run: few hundred samples, 1 epoch, 1 seed")
     parser.add_argument("--records", type=Path, default=None,
                         help="folder of per-run JSON records, from which runs resume "
@@ -74,17 +75,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"expected 0 <= I < N; got {text!r}")
     return index, count
-
-
-def _size(text: str) -> int:
-    """One subset size: at least 10 rows, one per class."""
-    try:
-        size = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if size < 10:
-        raise argparse.ArgumentTypeError(f"must be at least 10 (one row per class); got {size}")
-    return size
 
 
 def _sizes(text: str) -> tuple[int, ...]:
