@@ -130,12 +130,11 @@ def upcycle(model, layers, num_experts, top_k=1, **moe_kwargs):
                 )
             used.add(name)
         if len(names) == 1:
-            entry = names[0]
-        if isinstance(entry, str):
-            replace[entry] = from_dense(model.get_layer(entry), num_experts, top_k,
-                                        name=f"{entry}_moe", **moe_kwargs)
+            (name,) = names
+            replace[name] = from_dense(model.get_layer(name), num_experts, top_k,
+                                       name=f"{name}_moe", **moe_kwargs)
             continue
-        first, second = (model.get_layer(name) for name in entry)
+        first, second = (model.get_layer(name) for name in names)
         if second.input is not first.output:
             raise ValueError(
                 f"`{second.name}` must take exactly `{first.name}`'s output to "

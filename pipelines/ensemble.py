@@ -239,6 +239,14 @@ def build_ensemble(record_paths, submission_path, log=print):
     """
     start = time.perf_counter()
     record_paths = [Path(p) for p in record_paths]
+    submission_path = Path(submission_path)
+    record_path = submission_path.with_suffix(".json")
+    if record_path.resolve() in {p.resolve() for p in record_paths}:
+        # Its record and probabilities would replace the member's own.
+        raise ValueError(
+            f"The ensemble's record {record_path} would overwrite one of its members; give the "
+            "ensemble a submission name of its own."
+        )
     loaded = [load_member(p) for p in record_paths]
     rows = {r["data"]["test_rows"] for r, _ in loaded}
     tests = {r["data"].get("test_csv") for r, _ in loaded}
@@ -260,15 +268,6 @@ def build_ensemble(record_paths, submission_path, log=print):
             "an ensemble averages runs on the same data."
         ) from None
     predictions = labels_of(test)
-    submission_path = Path(submission_path)
-    record_path = submission_path.with_suffix(".json")
-    members = {p.resolve() for p in record_paths}
-    if record_path.resolve() in members:
-        # Its record and probabilities would replace the member's own.
-        raise ValueError(
-            f"The ensemble's record {record_path} would overwrite one of its members; give the "
-            "ensemble a submission name of its own."
-        )
     previous = _previous_submission(record_path, submission_path)
     data.write_submission(submission_path, predictions)
     first = loaded[0][0]["data"]

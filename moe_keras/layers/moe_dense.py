@@ -349,17 +349,8 @@ class MoEDense(MoELayer):
             strategy = "dense"
         capacity = limit = None
         if factor is not None:
-            # Buffers are sized for every token (a static shape); padding
-            # must not change which choices are dropped, so the limit
-            # counts only the real tokens.
-            capacity = limit = routing.expert_capacity(
-                num_tokens, self.num_experts, self.top_k, factor
-            )
-            if token_mask is not None:
-                real_tokens = ops.sum(ops.cast(token_mask, "int32"))
-                limit = routing.expert_capacity(
-                    real_tokens, self.num_experts, self.top_k, factor
-                )
+            capacity, real_capacity = self._capacities(num_tokens, token_mask, factor)
+            limit = capacity if real_capacity is None else real_capacity
         result = self.route(
             tokens, training=training, capacity=limit, token_mask=token_mask
         )
@@ -393,6 +384,16 @@ class MoEDense(MoELayer):
         outputs = self.activation(outputs)
         return reshape_like(outputs, inputs, (self.units,))
 
+    def _capacities(self, num_tokens, token_mask, factor):
+        """Slots per expert for all `num_tokens` (the buffers' static size)
+        and for the real, unmasked tokens alone (`None` without a mask):
+        padding takes no slot, so it must not change which choices fit."""
+        capacity = routing.expert_capacity(num_tokens, self.num_experts, self.top_k, factor)
+        if token_mask is None:
+            return capacity, None
+        real_tokens = ops.sum(ops.cast(token_mask, "int32"))
+        return capacity, routing.expert_capacity(real_tokens, self.num_experts, self.top_k, factor)
+
     def _expert_choice(self, tokens, token_mask, training):
         """Every expert runs on the `capacity` tokens it chose; every token
         sums what its choosers return (zero when none chose it)."""
@@ -409,13 +410,7 @@ class MoEDense(MoELayer):
                 "`selection='token_choice'`."
             )
         factor = (self.capacity_factor if training else self.eval_capacity_factor) or 1.0
-        capacity = routing.expert_capacity(num_tokens, self.num_experts, self.top_k, factor)
-        limit = None
-        if token_mask is not None:
-            # The buffers keep a static size; only the real tokens' capacity
-            # gets weights, as in token choice with a capacity factor.
-            real_tokens = ops.sum(ops.cast(token_mask, "int32"))
-            limit = routing.expert_capacity(real_tokens, self.num_experts, self.top_k, factor)
+        capacity, limit = self._capacities(num_tokens, token_mask, factor)
         weights, token_indices = self.route_expert_choice(
             tokens, capacity, training, token_mask, limit
         )
